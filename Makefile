@@ -1,0 +1,27 @@
+# `make test`: set up a virtual environment (if there is none) and run the suite.
+# `make demo`: set up and run the main job on the bundled offline data.
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: test demo benchmark clean
+
+$(PYTHON):
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+
+$(STAMP): $(PYTHON) setup.cfg pyproject.toml
+	$(PYTHON) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PYTHON) -m pytest -q
+
+demo: $(STAMP)
+	$(PYTHON) examples/quickstart.py
+
+benchmark: $(STAMP)
+	$(PYTHON) benchmarks/constraint_overhead.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,350 @@
+"""``LipDist``: hard constraints on a layer's Lipschitz constant and on the
+(2,1) distance of its kernel to initialization (SPEC §2-3)."""
+
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_capacity import operators
+from keras_capacity import projections
+from keras_capacity import spectral
+
+MODES = ("radial",)
+# What the constraint guarantees for every kernel it returns (relative).
+LIPSCHITZ_TOLERANCE = 1e-3
+DISTANCE_TOLERANCE = 1e-5
+# Singular directions tracked by the in-graph subspace iteration; a random
+# probe of weight PROBE_WEIGHT is mixed into the weakest of them at every
+# projection.
+TRACKED_DIRECTIONS = 4
+PROBE_WEIGHT = 0.5
+
+
+def _bound_value(name, value, minimum_inclusive):
+    if value is None:
+        return math.inf
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"LipDist: `{name}` must be a number, got {value!r}."
+        ) from None
+    too_small = value < 0 if minimum_inclusive else value <= 0
+    if math.isnan(value) or too_small:
+        allowed = ">= 0" if minimum_inclusive else "> 0"
+        raise ValueError(
+            f"LipDist: `{name}` must be {allowed} or inf (no constraint), "
+            f"got {value!r}."
+        )
+    return value
+
+
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"LipDist: `{name}` must be an integer >= 1, got {value!r}.")
+    if value < 1:
+        raise ValueError(f"LipDist: `{name}` must be >= 1, got {value!r}.")
+    return int(value)
+
+
+@keras.saving.register_keras_serializable(package="keras_capacity")
+class LipDist(keras.constraints.Constraint, keras.layers.Layer):
+    """Constrains a kernel's Lipschitz constant and its distance to ``K0``.
+
+    Use it as the ``kernel_constraint`` of ``keras.layers.Dense``,
+    ``keras.layers.Conv2D`` (``"same"``/``"valid"`` padding, any strides or
+    dilation) or :class:`keras_capacity.CircularConv2D`, then call
+    :func:`keras_capacity.bind` once the model is built:
+
+    >>> layer = keras.layers.Dense(10, kernel_constraint=LipDist(0.6, 50))
+    >>> model = keras.Sequential([keras.Input((20,)), layer])
+    >>> keras_capacity.bind(model)
+
+    After every optimizer step (every ``every``-th step) the kernel ``K`` is
+    projected onto ``{K : Lip(K) <= lip, ||K - K0||_{2,1} <= dist}``:
+
+    * ``Lip(K)`` is the operator norm of the map the layer computes on its
+      actual input (for a convolution: on its ``H x W`` input, with its
+      padding, strides and dilation), estimated by power iteration on ``A``
+      and its adjoint, warm-started from a vector kept between steps. The
+      radial projection scales ``K`` by ``lip / Lip(K)`` when above.
+    * The distance ball is projected onto exactly (Euclidean projection by
+      group soft-thresholding, the threshold found by sorting).
+    * With both constraints, ``n_iter`` alternating rounds (distance, then
+      Lipschitz) are followed by a feasibility step: if the distance still
+      exceeds ``dist``, the kernel moves along the segment toward ``K0`` to
+      the nearest point inside the ball. The Lipschitz constant is convex
+      and both ends of that segment satisfy it, so the result satisfies both.
+
+    **Guarantee.** Every kernel the constraint returns has true Lipschitz
+    constant ``<= lip * (1 + 1e-3)`` and distance ``<= dist * (1 + 1e-5)``.
+    The first tolerance covers the power-iteration estimate, which runs until
+    its relative change is below 1e-5 (at most 50 steps from the warm start;
+    ``bind`` starts it from the converged top singular vector); the second
+    covers float32 rounding.
+
+    ``K0`` is the kernel at :func:`keras_capacity.bind` time, after it was
+    scaled down to ``lip`` if it exceeded it. ``lip=inf`` or ``dist=inf``
+    switches a constraint off; ``dist=0`` freezes the kernel at ``K0``.
+
+    **State.** ``LipDist`` is also a (weightless to the optimizer) Keras
+    layer, tracked by the layer it constrains: its variables ``K0``, the
+    power-iteration vector and the step counter are saved by ``model.save``,
+    ``model.save_weights`` and ``keras.callbacks.BackupAndRestore``, and
+    restored by ``keras.models.load_model`` and ``load_weights``; a loaded
+    model keeps measuring from the original ``K0``. They appear in
+    ``model.summary()`` as non-trainable parameters.
+
+    **Non-finite kernels** raise ``tf.errors.InvalidArgumentError`` naming
+    the variable, instead of projecting NaN. (XLA drops such run-time checks;
+    under ``jit_compile=True`` the NaN reaches the loss instead, which
+    ``keras.callbacks.TerminateOnNaN`` catches.)
+
+    Args:
+        lip: the Lipschitz bound, ``> 0``; ``inf`` or ``None`` for none.
+        dist: the (2,1) distance bound, ``>= 0``; ``inf`` or ``None`` for none.
+        mode: ``"radial"``, the radial Lipschitz projection.
+        n_iter: alternating rounds per projection (with both constraints).
+        every: project on every ``every``-th optimizer step only. The count
+            is kept inside the compiled train step. A direct call outside
+            ``tf.function`` (or with ``run_eagerly=True``) always projects.
+    """
+
+    def __init__(self, lip=math.inf, dist=math.inf, *, mode="radial", n_iter=1, every=1):
+        keras.layers.Layer.__init__(self, trainable=False)
+        self.lip = _bound_value("lip", lip, minimum_inclusive=False)
+        self.dist = _bound_value("dist", dist, minimum_inclusive=True)
+        if mode == "orthogonal":
+            raise ValueError(
+                "LipDist: mode='orthogonal' is not implemented yet; use "
+                "mode='radial'."
+            )
+        if mode not in MODES:
+            raise ValueError(
+                f"LipDist: unknown mode {mode!r}; expected one of {MODES}."
+            )
+        self.mode = mode
+        self.n_iter = _positive_int("n_iter", n_iter)
+        self.every = _positive_int("every", every)
+        self.geometry = None
+        self.kernel_shape = None
+        self.layer_name = None
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def has_lipschitz(self):
+        return math.isfinite(self.lip)
+
+    @property
+    def has_distance(self):
+        return math.isfinite(self.dist)
+
+    @property
+    def is_bound(self):
+        """Whether the state (``K0``, ...) exists and holds real values."""
+        if self.geometry is None:
+            return False
+        with tf.init_scope():
+            return bool(self.initialized.numpy())
+
+    def create_state(self, kernel_shape, geometry, dtype="float32"):
+        """Creates the state variables for a kernel acting as ``geometry``.
+
+        Called by :func:`keras_capacity.bind` and by deserialization; the
+        values are zero until ``bind`` or weight loading fills them.
+        """
+        if self.geometry is not None:
+            if (geometry, tuple(kernel_shape)) != (self.geometry, self.kernel_shape):
+                raise ValueError(
+                    f"LipDist on {self.layer_name!r} is already bound to a "
+                    f"kernel {self.kernel_shape} acting as {self.geometry}; "
+                    f"got {tuple(kernel_shape)} acting as {geometry}. Give "
+                    "every layer its own LipDist."
+                )
+            return
+        self.geometry = geometry
+        self.kernel_shape = tuple(int(d) for d in kernel_shape)
+        state = dict(trainable=False, aggregation="only_first_replica")
+        self.initial_kernel = self.add_weight(
+            shape=self.kernel_shape, initializer="zeros", dtype=dtype,
+            name="initial_kernel", **state,
+        )
+        if self.has_lipschitz:
+            directions = min(
+                TRACKED_DIRECTIONS,
+                int(np.prod(geometry.input_shape(self.kernel_shape))),
+            )
+            self.power_vectors = self.add_weight(
+                shape=(directions, *geometry.input_shape(self.kernel_shape)[1:]),
+                initializer="zeros", dtype=dtype, name="power_vectors", **state,
+            )
+        self.steps = self.add_weight(
+            shape=(), initializer="zeros", dtype="int32", name="steps", **state
+        )
+        self.initialized = self.add_weight(
+            shape=(), initializer="zeros", dtype="int32", name="initialized",
+            **state,
+        )
+
+    def initialize(self, kernel_variable):
+        """Rescales the kernel to ``lip`` if above and records it as ``K0``.
+
+        Uses the converged top singular pair (SVD, or Lanczos in float64),
+        which also starts the power iteration. Restored state (after loading
+        weights) is kept as it is.
+        """
+        if self.is_bound:
+            return
+        kernel = np.asarray(kernel_variable.numpy())
+        if self.has_lipschitz:
+            sigma, vectors = spectral.top_singular(
+                kernel, self.geometry, k=self.power_vectors.shape[0]
+            )
+            if sigma > self.lip:
+                kernel = (kernel * (self.lip / sigma)).astype(kernel.dtype)
+                kernel_variable.assign(kernel)
+            self.power_vectors.assign(vectors.astype(kernel.dtype))
+        self.initial_kernel.assign(kernel)
+        self.steps.assign(0)
+        self.initialized.assign(1)
+
+    # ------------------------------------------------------------- projection
+
+    def _require_bound(self, w):
+        where = getattr(w, "path", None) or self.layer_name or "a kernel"
+        if not self.is_bound:
+            raise ValueError(
+                f"{self!r} on {where!r} is not bound to its layer. Call "
+                "`keras_capacity.bind(model)` after building the model and "
+                "before training (for a subclassed model, "
+                "`keras_capacity.bind(model, input_shape=...)`)."
+            )
+        if tuple(w.shape) != self.kernel_shape:
+            raise ValueError(
+                f"{self!r} is bound to a kernel of shape {self.kernel_shape}, "
+                f"got {tuple(w.shape)} ({where!r})."
+            )
+        return where
+
+    def _lipschitz_estimate(self, kernel, block):
+        """``(Lip(K), new block)``: exact in eager calls, else tracked.
+
+        Eager calls (``project``, direct calls) use the converged float64
+        values of :mod:`keras_capacity.spectral`. In the train step, subspace
+        iteration starts from the stored top singular directions, the last
+        of them replaced by a random probe (stateless, seeded by the step
+        count, so replicas agree): the probe keeps every direction present,
+        where a symmetric start (say a constant image under a circular
+        convolution) would stay in its invariant subspace forever.
+        """
+        if tf.executing_eagerly():
+            sigma, top = spectral.top_singular(
+                kernel.numpy(), self.geometry, k=int(block.shape[0]),
+                v0=np.asarray(block[0]),
+            )
+            return tf.constant(sigma, kernel.dtype), tf.constant(top, block.dtype)
+        probe = tf.random.stateless_normal(
+            tf.shape(block[-1:]),
+            seed=tf.stack([tf.cast(self.steps, tf.int32), 7]),
+            dtype=block.dtype,
+        )
+        weakest = operators.normalized(block[-1:]) + PROBE_WEIGHT * operators.normalized(probe)
+        block = tf.concat([block[:-1], weakest], axis=0)
+        return operators.subspace_iteration(
+            kernel, block, self.geometry, min_steps=2
+        )
+
+    def _projected(self, kernel, block, n_iter):
+        """Returns ``(projected kernel, new singular directions)``; pure."""
+        k0 = tf.convert_to_tensor(self.initial_kernel)
+        if self.dist == 0:
+            return k0, block
+        both = self.has_lipschitz and self.has_distance
+        for _ in range(n_iter if both else 1):
+            if self.has_distance:
+                kernel = k0 + projections.project_l21_ball(kernel - k0, self.dist)
+            if self.has_lipschitz:
+                sigma, block = self._lipschitz_estimate(kernel, block)
+                kernel = projections.scale_to_lipschitz(kernel, sigma, self.lip)
+        if both:
+            kernel = k0 + projections.shrink_to_l21_ball(kernel - k0, self.dist)
+        return kernel, block
+
+    def _checked(self, w):
+        where = self._require_bound(w)
+        return tf.debugging.assert_all_finite(
+            tf.convert_to_tensor(w),
+            f"LipDist: the kernel {where!r} holds NaN or inf before "
+            "projection (diverging training?).",
+        )
+
+    def project(self, kernel, n_iter=None):
+        """Projects ``kernel`` now with ``n_iter`` rounds (default: the
+        constraint's own) and keeps the tracked singular directions for the next call."""
+        kernel = self._checked(kernel)
+        n_iter = self.n_iter if n_iter is None else _positive_int("n_iter", n_iter)
+        block = (
+            tf.convert_to_tensor(self.power_vectors) if self.has_lipschitz else None
+        )
+        kernel, block = self._projected(kernel, block, n_iter)
+        if self.has_lipschitz:
+            self.power_vectors.assign(block)
+        return kernel
+
+    def __call__(self, w):
+        if not tf.inside_function():
+            return self.project(w)
+        kernel = self._checked(w)
+        block = tf.convert_to_tensor(
+            self.power_vectors if self.has_lipschitz else 0.0
+        )
+        self.steps.assign_add(1)
+        if self.every == 1:
+            kernel, block = self._projected(kernel, block, self.n_iter)
+        else:
+            due = tf.equal(tf.convert_to_tensor(self.steps) % self.every, 0)
+            kernel, block = tf.cond(
+                due,
+                lambda: self._projected(kernel, block, self.n_iter),
+                lambda: (kernel, block),
+            )
+        if self.has_lipschitz:
+            self.power_vectors.assign(block)
+        return kernel
+
+    # --------------------------------------------------------- serialization
+
+    def get_config(self):
+        config = {
+            "lip": self.lip,
+            "dist": self.dist,
+            "mode": self.mode,
+            "n_iter": self.n_iter,
+            "every": self.every,
+        }
+        if self.geometry is not None:
+            config["geometry"] = self.geometry.get_config()
+            config["kernel_shape"] = list(self.kernel_shape)
+            config["kernel_dtype"] = self.initial_kernel.dtype
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        geometry = config.pop("geometry", None)
+        kernel_shape = config.pop("kernel_shape", None)
+        dtype = config.pop("kernel_dtype", "float32")
+        constraint = cls(**config)
+        if geometry is not None:
+            constraint.create_state(
+                kernel_shape,
+                operators.OperatorGeometry.from_config(geometry),
+                dtype,
+            )
+        return constraint
+
+    def __repr__(self):
+        return f"LipDist(lip={self.lip}, dist={self.dist}, mode={self.mode!r})"

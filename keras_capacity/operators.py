@@ -1,0 +1,210 @@
+"""The linear map a kernel computes, its adjoint, and its spectral norm.
+
+A layer's Lipschitz constant is the operator norm ``||A||_2`` of the linear map
+``A: x -> layer(x) - bias`` on the layer's *actual* input (SPEC §2). For a
+convolution that map depends on more than the kernel: on the input's spatial
+size ``H x W``, on the padding, the strides and the dilation. An
+:class:`OperatorGeometry` records exactly that, so that ``A`` and its adjoint
+``A^T`` can be applied to single inputs and ``||A||_2`` found by power
+iteration on ``A^T A``.
+
+Everything here is a pure TensorFlow function of tensors, usable eagerly,
+inside ``tf.function`` and under XLA.
+"""
+
+import dataclasses
+
+import tensorflow as tf
+
+DENSE = "dense"
+CONV2D = "conv2d"
+CONV_PADDINGS = ("same", "valid", "circular")
+
+
+@dataclasses.dataclass(frozen=True)
+class OperatorGeometry:
+    """Where a kernel acts: what is needed to apply the layer's linear map.
+
+    Attributes:
+        kind: ``"dense"`` (``x @ K``, kernel ``(in, out)``) or ``"conv2d"``
+            (kernel ``(kh, kw, in, out)``).
+        input_size: ``(H, W)``, the spatial size of the convolution's input.
+        strides: ``(s_h, s_w)``.
+        dilation: ``(d_h, d_w)``.
+        padding: ``"same"``, ``"valid"`` or ``"circular"`` (periodic padding
+            as in :class:`keras_capacity.CircularConv2D`).
+    """
+
+    kind: str
+    input_size: tuple = ()
+    strides: tuple = (1, 1)
+    dilation: tuple = (1, 1)
+    padding: str = "valid"
+
+    def __post_init__(self):
+        if self.kind not in (DENSE, CONV2D):
+            raise ValueError(f"Unknown operator kind {self.kind!r}.")
+        if self.kind == CONV2D:
+            if self.padding not in CONV_PADDINGS:
+                raise ValueError(
+                    f"Unknown padding {self.padding!r}; expected one of "
+                    f"{CONV_PADDINGS}."
+                )
+            if len(self.input_size) != 2 or min(self.input_size) < 1:
+                raise ValueError(
+                    f"A convolution needs a known input size (H, W); got "
+                    f"{self.input_size}."
+                )
+        for name in ("input_size", "strides", "dilation"):
+            object.__setattr__(
+                self, name, tuple(int(v) for v in getattr(self, name))
+            )
+
+    def input_shape(self, kernel_shape):
+        """Shape of one input to ``A`` (batch of one), for this kernel."""
+        if self.kind == DENSE:
+            return (1, int(kernel_shape[0]))
+        return (1, *self.input_size, int(kernel_shape[2]))
+
+    def get_config(self):
+        return {
+            "kind": self.kind,
+            "input_size": list(self.input_size),
+            "strides": list(self.strides),
+            "dilation": list(self.dilation),
+            "padding": self.padding,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def circular_pad(x, kernel_size, dilation, spatial_axes=(1, 2)):
+    """Pads ``x`` periodically along its two spatial axes.
+
+    A kernel spanning ``k_eff = d (k - 1) + 1`` pixels gets
+    ``(k_eff - 1) // 2`` wrapped pixels before and the rest after, so that a
+    valid convolution with stride ``s`` then gives ``ceil(size / s)`` outputs
+    (as ``"same"`` does). Indices wrap modulo the size as often as needed, so
+    kernels larger than the input work too.
+    """
+    for axis, k, d in zip(spatial_axes, kernel_size, dilation):
+        span = d * (k - 1) + 1
+        size = tf.shape(x)[axis]
+        indices = (tf.range(size + span - 1) - (span - 1) // 2) % size
+        x = tf.gather(x, indices, axis=axis)
+    return x
+
+
+def apply_operator(kernel, x, geometry):
+    """``A x``: the layer's linear map (no bias) applied to ``x``."""
+    if geometry.kind == DENSE:
+        return tf.matmul(x, kernel)
+    padding = geometry.padding.upper()
+    if geometry.padding == "circular":
+        x = circular_pad(x, kernel.shape[:2], geometry.dilation)
+        padding = "VALID"
+    return tf.nn.convolution(
+        x,
+        kernel,
+        strides=geometry.strides,
+        padding=padding,
+        dilations=geometry.dilation,
+    )
+
+
+def apply_adjoint(kernel, y, geometry):
+    """``A^T y``, the gradient of ``<A x, y>`` with respect to ``x``."""
+    shape = geometry.input_shape(kernel.shape)
+    x = tf.zeros((tf.shape(y)[0], *shape[1:]), dtype=y.dtype)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        ax = apply_operator(kernel, x, geometry)
+    return tape.gradient(ax, x, output_gradients=y)
+
+
+def normalized(v):
+    """``v / ||v||`` (zero stays zero)."""
+    return v / tf.maximum(tf.norm(v), tf.constant(1e-30, v.dtype))
+
+
+def _flat(x):
+    return tf.reshape(x, (tf.shape(x)[0], -1))
+
+
+def _orthonormal_rows(block):
+    """Orthonormalizes the flattened rows of ``block`` (QR)."""
+    q, _ = tf.linalg.qr(tf.transpose(_flat(block)))
+    return tf.reshape(tf.transpose(q), tf.shape(block))
+
+
+def _rayleigh_ritz(block, image):
+    """Rotates an orthonormal ``block`` (and its image ``A block``) onto the
+    Ritz vectors of ``A^T A``, largest first; returns the largest Ritz value
+    as ``sigma``."""
+    flat_image = _flat(image)
+    gram = tf.matmul(flat_image, flat_image, transpose_b=True)
+    values, vectors = tf.linalg.eigh(gram)
+    rotation = tf.reverse(tf.transpose(vectors), axis=[0])
+    b = tf.shape(block)[0]
+    rotated = tf.reshape(tf.matmul(rotation, _flat(block)), tf.shape(block))
+    rotated_image = tf.reshape(tf.matmul(rotation, flat_image), tf.shape(image))
+    sigma = tf.sqrt(tf.maximum(values[b - 1], 0.0))
+    return sigma, tf.reduce_sum(values), rotated, rotated_image
+
+
+def subspace_iteration(kernel, block, geometry, min_steps=1, max_steps=50, rtol=1e-5):
+    """Estimates ``||A||_2`` by subspace iteration on ``A^T A``, warm-started.
+
+    ``block`` holds ``b`` start vectors (rows). Each step maps them through
+    ``A^T A``, orthonormalizes them (QR) and rotates them onto their Ritz
+    vectors (Rayleigh-Ritz on the ``b x b`` matrix ``(A V)(A V)^T``). The
+    largest Ritz value ``sigma`` is a lower bound on ``||A||_2`` that
+    converges at the rate ``(sigma_{b+1} / sigma_1)^2`` per step. Tracking
+    the top ``b`` singular directions, not one, means that when training
+    lets another direction overtake the top one, the estimate follows at
+    once instead of after many power steps. Iteration stops once the sum of
+    the Ritz values changes by less than ``rtol`` (relative), after at least
+    ``min_steps`` and at most ``max_steps`` steps: watching all of them, not
+    only the largest, keeps iterating while a direction that is about to
+    overtake the top one is still converging.
+
+    Args:
+        kernel: the layer's kernel.
+        block: ``(b, *geometry.input_shape(kernel.shape)[1:])`` start vectors.
+        geometry: an :class:`OperatorGeometry`.
+        min_steps: the fewest steps to take (at least one is taken).
+        max_steps: the most steps to take.
+        rtol: the relative change of the Ritz values' sum that ends it.
+
+    Returns:
+        ``(sigma, block)``: the estimate and the orthonormal Ritz vectors,
+        largest first, to start the next call from.
+    """
+    block = _orthonormal_rows(tf.cast(block, kernel.dtype))
+    sigma, total, block, image = _rayleigh_ritz(
+        block, apply_operator(kernel, block, geometry)
+    )
+
+    def step(block, image):
+        block = _orthonormal_rows(apply_adjoint(kernel, image, geometry))
+        return _rayleigh_ritz(block, apply_operator(kernel, block, geometry))
+
+    def not_converged(i, sigma, total, previous, block, image):
+        changing = tf.abs(total - previous) > rtol * total
+        return tf.logical_and(
+            i < max_steps, tf.logical_or(i < min_steps, changing)
+        )
+
+    def body(i, sigma, total, previous, block, image):
+        sigma, new_total, block, image = step(block, image)
+        return i + 1, sigma, new_total, total, block, image
+
+    _, sigma, _, _, block, _ = tf.while_loop(
+        not_converged,
+        body,
+        (tf.constant(0), sigma, total, tf.constant(-1.0, kernel.dtype), block,
+         image),
+    )
+    return sigma, block

@@ -1,0 +1,48 @@
+"""Test set-up: quiet TensorFlow, two logical CPU devices for MirroredStrategy."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import tensorflow as tf  # noqa: E402
+
+_cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(
+    _cpu, [tf.config.LogicalDeviceConfiguration()] * 2
+)
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    keras.utils.set_random_seed(1234)
+    yield
+    keras.backend.clear_session()
+
+
+def operator_matrix(layer, input_shape):
+    """The dense matrix of ``layer``'s linear map (bias removed), built by
+    applying the layer itself to every basis input of ``input_shape``."""
+    n = int(np.prod(input_shape))
+    basis = np.eye(n, dtype=np.float32).reshape(n, *input_shape)
+    zero = layer(np.zeros((1, *input_shape), np.float32)).numpy()
+    images = layer(basis).numpy() - zero
+    return images.reshape(n, -1).T.astype(np.float64)
+
+
+def worst_case_gain(apply, input_shape, steps=300, seed=0):
+    """Gradient ascent on ``||A x|| / ||x||``: the largest gain it finds."""
+    x = tf.Variable(tf.random.stateless_normal((1, *input_shape), (seed, 1)))
+    optimizer = keras.optimizers.Adam(0.05)
+    best = 0.0
+    for _ in range(steps):
+        with tf.GradientTape() as tape:
+            gain = tf.norm(apply(x)) / tf.norm(x)
+            loss = -gain
+        optimizer.apply([tape.gradient(loss, x)], [x])
+        best = max(best, float(gain))
+    return best

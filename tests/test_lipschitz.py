@@ -1,0 +1,77 @@
+"""lipschitz(layer) against the dense matrix of the layer's own map."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_capacity as kc
+from keras_capacity import operators, spectral
+from conftest import operator_matrix
+
+CONVS = [
+    ("same", dict(padding="same")),
+    ("valid", dict(padding="valid")),
+    ("same_stride2", dict(padding="same", strides=2)),
+    ("valid_stride2", dict(padding="valid", strides=2)),
+    ("same_dilation2", dict(padding="same", dilation_rate=2)),
+]
+
+
+def bound(layer, input_shape):
+    model = keras.Sequential([keras.Input(input_shape), layer])
+    kc.bind(model)
+    return layer
+
+
+@pytest.mark.parametrize("name,kwargs", CONVS, ids=[c[0] for c in CONVS])
+def test_conv2d_lipschitz_equals_dense_operator_norm(name, kwargs):
+    layer = bound(keras.layers.Conv2D(4, 3, kernel_constraint=kc.LipDist(), **kwargs), (8, 8, 3))
+    expected = np.linalg.norm(operator_matrix(layer, (8, 8, 3)), 2)
+    np.testing.assert_allclose(kc.lipschitz(layer), expected, rtol=1e-4)
+
+
+@pytest.mark.parametrize("size", [(8, 8), (7, 9)])
+@pytest.mark.parametrize("kernel_size", [3, 2])
+@pytest.mark.parametrize("strides", [1, 2])
+def test_circular_lipschitz_equals_dense_operator_norm(size, kernel_size, strides):
+    layer = bound(
+        kc.CircularConv2D(4, kernel_size, strides=strides, kernel_constraint=kc.LipDist()),
+        (*size, 3),
+    )
+    expected = np.linalg.norm(operator_matrix(layer, (*size, 3)), 2)
+    np.testing.assert_allclose(kc.lipschitz(layer), expected, rtol=1e-4)
+
+
+def test_circular_stride1_fft_is_exact():
+    layer = bound(kc.CircularConv2D(5, 3, kernel_constraint=kc.LipDist()), (6, 7, 3))
+    kernel = layer.kernel.numpy()
+    fft = spectral.circular_conv_spectral_norm(kernel, (6, 7))
+    expected = np.linalg.norm(operator_matrix(layer, (6, 7, 3)), 2)
+    np.testing.assert_allclose(fft, expected, rtol=1e-6)
+    dilated = spectral.circular_conv_spectral_norm(kernel, (6, 7), (2, 2))
+    geometry = operators.OperatorGeometry("conv2d", (6, 7), dilation=(2, 2), padding="circular")
+    np.testing.assert_allclose(dilated, spectral.top_singular(kernel, geometry)[0], rtol=1e-8)
+
+
+def test_dense_lipschitz_is_float64_svd():
+    layer = bound(keras.layers.Dense(7, kernel_constraint=kc.LipDist()), (11,))
+    expected = np.linalg.svd(layer.kernel.numpy().astype(np.float64), compute_uv=False)[0]
+    assert kc.lipschitz(layer) == pytest.approx(expected, rel=1e-12)
+
+
+def test_large_operator_uses_converged_lanczos():
+    layer = bound(keras.layers.Conv2D(8, 3, padding="same", kernel_constraint=kc.LipDist()), (12, 12, 4))
+    expected = np.linalg.norm(operator_matrix(layer, (12, 12, 4)), 2)
+    np.testing.assert_allclose(kc.lipschitz(layer), expected, rtol=1e-6)
+
+
+def test_unconstrained_layer_uses_its_build_shape():
+    layer = keras.layers.Conv2D(4, 3, padding="same")
+    keras.Sequential([keras.Input((6, 6, 2)), layer])
+    expected = np.linalg.norm(operator_matrix(layer, (6, 6, 2)), 2)
+    np.testing.assert_allclose(kc.lipschitz(layer), expected, rtol=1e-4)
+
+
+def test_lipschitz_rejects_other_layers():
+    with pytest.raises(ValueError, match="supports Dense and Conv2D"):
+        kc.lipschitz(keras.layers.ReLU())

@@ -67,9 +67,11 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
 
     * ``Lip(K)`` is the operator norm of the map the layer computes on its
       actual input (for a convolution: on its ``H x W`` input, with its
-      padding, strides and dilation), estimated by power iteration on ``A``
-      and its adjoint, warm-started from a vector kept between steps. The
-      radial projection scales ``K`` by ``lip / Lip(K)`` when above.
+      padding, strides and dilation). The radial projection scales ``K`` by
+      ``lip / Lip(K)`` when above. In the train step ``Lip(K)`` is tracked by
+      subspace iteration on ``A`` and its adjoint over the top
+      ``TRACKED_DIRECTIONS`` singular directions, warm-started from the
+      previous step; eager projections use the converged float64 value.
     * The distance ball is projected onto exactly (Euclidean projection by
       group soft-thresholding, the threshold found by sorting).
     * With both constraints, ``n_iter`` alternating rounds (distance, then
@@ -78,20 +80,22 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
       the nearest point inside the ball. The Lipschitz constant is convex
       and both ends of that segment satisfy it, so the result satisfies both.
 
-    **Guarantee.** Every kernel the constraint returns has true Lipschitz
-    constant ``<= lip * (1 + 1e-3)`` and distance ``<= dist * (1 + 1e-5)``.
-    The first tolerance covers the power-iteration estimate, which runs until
-    its relative change is below 1e-5 (at most 50 steps from the warm start;
-    ``bind`` starts it from the converged top singular vector); the second
-    covers float32 rounding.
+    **Tolerances.** Every kernel the constraint returns has distance
+    ``<= dist * (1 + 1e-5)`` (float32 rounding) and Lipschitz constant
+    ``<= lip * (1 + 1e-3)``. Eager projections (:func:`keras_capacity.project`,
+    a direct call) are exact. In the train step the bound rests on the
+    tracked estimate, which iterates until the Ritz values change by less
+    than 1e-5 (2 to 50 steps); ``bind`` starts it from the converged top
+    singular vectors. An optimizer step that lifts a direction far above the
+    tracked ones makes the estimate lag until later projections catch up.
 
     ``K0`` is the kernel at :func:`keras_capacity.bind` time, after it was
     scaled down to ``lip`` if it exceeded it. ``lip=inf`` or ``dist=inf``
     switches a constraint off; ``dist=0`` freezes the kernel at ``K0``.
 
-    **State.** ``LipDist`` is also a (weightless to the optimizer) Keras
-    layer, tracked by the layer it constrains: its variables ``K0``, the
-    power-iteration vector and the step counter are saved by ``model.save``,
+    **State.** ``LipDist`` is also a Keras layer (with no trainable
+    weights), tracked by the layer it constrains: its variables ``K0``, the
+    tracked singular directions and the step counter are saved by ``model.save``,
     ``model.save_weights`` and ``keras.callbacks.BackupAndRestore``, and
     restored by ``keras.models.load_model`` and ``load_weights``; a loaded
     model keeps measuring from the original ``K0``. They appear in

@@ -1,0 +1,82 @@
+"""Training-step overhead of LipDist (radial), measured in one run.
+
+    python benchmarks/constraint_overhead.py [--steps 12]
+
+Five 3x3 convolutions of 64 channels ("same" padding, ReLU) on 32x32x3
+inputs, a dense head, batch 128, random data, trained by `model.fit`. Prints
+the median step time unconstrained and with `LipDist(1.0, 50)` on every
+kernel, projecting with `every=15` and `every=1`, and their ratios.
+"""
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keras_capacity as kc  # noqa: E402
+
+
+def build(constraint_factory):
+    layers = [keras.Input((32, 32, 3))]
+    for _ in range(5):
+        layers += [keras.layers.Conv2D(64, 3, padding="same", use_bias=False,
+                                       kernel_constraint=constraint_factory()),
+                   keras.layers.ReLU()]
+    layers += [keras.layers.GlobalAveragePooling2D(),
+               keras.layers.Dense(10, kernel_constraint=constraint_factory())]
+    model = keras.Sequential(layers)
+    kc.bind(model)
+    model.compile(keras.optimizers.SGD(0.01, momentum=0.9),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+class StepTimer(keras.callbacks.Callback):
+    def on_train_batch_begin(self, batch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.times.append(time.perf_counter() - self.start)
+
+    def on_train_begin(self, logs=None):
+        self.times = []
+
+
+def median_step(model, x, y, steps, warmup):
+    timer = StepTimer()
+    model.fit(x, y, batch_size=128, epochs=1, steps_per_epoch=warmup + steps,
+              verbose=0, callbacks=[timer])
+    # Steps of one `every` period are not alike; the median over whole periods is fair.
+    return float(np.median(timer.times[warmup:])), float(np.mean(timer.times[warmup:]))
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=3)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    n = 128 * (args.steps + args.warmup)
+    x = rng.standard_normal((n, 32, 32, 3)).astype("float32")
+    y = rng.integers(0, 10, n)
+    settings = {
+        "unconstrained": lambda: None,
+        "LipDist(1.0, 50, every=15)": lambda: kc.LipDist(1.0, 50, every=15),
+        "LipDist(1.0, 50, every=1)": lambda: kc.LipDist(1.0, 50, every=1),
+    }
+    results = {}
+    for name, factory in settings.items():
+        keras.utils.set_random_seed(0)
+        results[name] = median_step(build(factory), x, y, args.steps, args.warmup)
+    base_median, base_mean = results["unconstrained"]
+    print(f"{'setting':32s} {'median s':>9s} {'mean s':>9s} {'ratio(median)':>14s} {'ratio(mean)':>12s}")
+    for name, (median, mean) in results.items():
+        print(f"{name:32s} {median:9.4f} {mean:9.4f} {median / base_median:14.3f} {mean / base_mean:12.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -197,7 +197,7 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
         """Rescales the kernel to ``lip`` if above and records it as ``K0``.
 
         Uses the converged top singular pair (SVD, or Lanczos in float64),
-        which also starts the power iteration. Restored state (after loading
+        which also start the tracked subspace iteration. Restored state (after loading
         weights) is kept as it is.
         """
         if self.is_bound:

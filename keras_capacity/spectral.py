@@ -1,6 +1,6 @@
 """Exact or converged spectral norms in float64: the numbers we report.
 
-Training projects with the fast, warm-started power iteration of
+Training projects with the fast, warm-started subspace iteration of
 :mod:`keras_capacity.operators`. What the library *reports* as a layer's
 Lipschitz constant is computed here, outside the training graph, in float64:
 

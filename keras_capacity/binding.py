@@ -153,12 +153,14 @@ def _recorded_input_shapes(model, layers, input_shape):
         inputs = [np.zeros((1, *shape), "float32") for shape in input_shape]
     else:
         inputs = np.zeros((1, *input_shape), "float32")
+    patched = []
     try:
         for layer in layers:
             object.__setattr__(layer, "call", recording(layer, layer.call))
+            patched.append(layer)
         model(inputs)
     finally:
-        for layer in layers:
+        for layer in patched:
             object.__delattr__(layer, "call")
     missing = [l.name for l in layers if id(l) not in shapes]
     if missing:

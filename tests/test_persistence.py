@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 import keras_capacity as kc
+from keras_capacity.constraints import DISTANCE_TOLERANCE, LIPSCHITZ_TOLERANCE
 
 
 def build(strategy=None):
@@ -74,7 +75,7 @@ def test_save_and_load_model_in_a_new_process_keeps_k0(tmp_path):
         model.fit(np.random.randn(8, 8, 8, 3), np.random.randint(0, 3, 8), batch_size=4, verbose=0)
         assert int(layers[0].kernel_constraint.steps.numpy()) == 10
         for layer in layers:
-            assert kc.distance(layer) <= layer.kernel_constraint.dist * (1 + 1e-5)
+            assert kc.distance(layer) <= layer.kernel_constraint.dist * (1 + {DISTANCE_TOLERANCE})
         print("ok")
     """)
     assert out.strip().endswith("ok")
@@ -143,5 +144,5 @@ def test_mirrored_strategy_keeps_replicas_identical_and_feasible():
         constraint = layer.kernel_constraint
         state = [v.numpy() for v in constraint.power_vectors.value.values]
         np.testing.assert_array_equal(state[0], state[1])
-        assert kc.lipschitz(layer) <= constraint.lip * (1 + 1e-3), layer.name
-        assert kc.distance(layer) <= constraint.dist * (1 + 1e-5), layer.name
+        assert kc.lipschitz(layer) <= constraint.lip * (1 + LIPSCHITZ_TOLERANCE), layer.name
+        assert kc.distance(layer) <= constraint.dist * (1 + DISTANCE_TOLERANCE), layer.name

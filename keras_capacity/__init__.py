@@ -16,7 +16,10 @@ if keras.backend.backend() != "tensorflow":
 
 from keras_capacity.binding import bind, distance, lipschitz, project  # noqa: E402
 from keras_capacity.constraints import LipDist  # noqa: E402
-from keras_capacity.layers import CircularConv2D  # noqa: E402
+from keras_capacity.layers import CircularConv2D, SimplexClassifier  # noqa: E402
 
-__all__ = ["LipDist", "CircularConv2D", "bind", "project", "lipschitz", "distance"]
+__all__ = [
+    "LipDist", "CircularConv2D", "SimplexClassifier",
+    "bind", "project", "lipschitz", "distance",
+]
 __version__ = "0.1.0"

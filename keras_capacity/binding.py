@@ -280,8 +280,11 @@ def distance(layer):
     """``||K - K0||_{2,1}`` of ``layer`` as a float (float64 arithmetic).
 
     The norm is taken over the input axis for every output unit and kernel
-    position, then summed. Needs a bound ``LipDist`` (which holds ``K0``).
+    position, then summed. Needs a bound ``LipDist`` (which holds ``K0``);
+    a :class:`SimplexClassifier` never trains and is always at 0.
     """
+    if isinstance(layer, capacity_layers.SimplexClassifier):
+        return 0.0
     constraint = _kernel_lipdist(layer)
     if constraint is None:
         raise ValueError(

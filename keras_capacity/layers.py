@@ -1,6 +1,7 @@
 """Layers of the paper's networks."""
 
 import keras
+import numpy as np
 
 from keras_capacity import operators
 
@@ -59,4 +60,82 @@ class CircularConv2D(keras.layers.Conv2D):
     def get_config(self):
         config = super().get_config()
         config["padding"] = "circular"
+        return config
+
+
+def simplex_vertices(num_classes, dim):
+    """Unit vectors ``(dim, K)`` at the vertices of a regular simplex.
+
+    Centred ``e_i - 1/K`` scaled to unit norm gives pairwise inner products
+    ``-1/(K-1)``; they span the ``K-1``-dimensional complement of the
+    all-ones vector, whose orthonormal Helmert basis maps them onto the first
+    ``K-1`` coordinates of ``R^dim`` (closed form, no prototype files).
+    """
+    k = num_classes
+    centred = (np.eye(k) - 1.0 / k) / np.sqrt(1.0 - 1.0 / k)
+    helmert = np.zeros((k - 1, k))
+    for row in range(1, k):
+        helmert[row - 1, :row] = 1.0
+        helmert[row - 1, row] = -row
+        helmert[row - 1] /= np.sqrt(row * (row + 1))
+    vertices = np.zeros((dim, k))
+    vertices[: k - 1] = helmert @ centred
+    return vertices
+
+
+@keras.saving.register_keras_serializable(package="keras_capacity")
+class SimplexClassifier(keras.layers.Dense):
+    """A fixed, bias-free linear classifier on the vertices of a simplex.
+
+    Its ``K = num_classes`` weight vectors are unit vectors with pairwise
+    inner products ``-1/(K-1)``, centred at the origin, embedded in the input
+    dimension ``d >= K-1``. Its Lipschitz constant is ``sqrt(K/(K-1))``, or
+    ``lip`` when smaller (the weights are scaled down). The weights never
+    train, so the distance to initialization is 0.
+
+    >>> head = SimplexClassifier(num_classes=10)
+
+    Args:
+        num_classes: ``K >= 2``.
+        lip: an optional Lipschitz bound, ``> 0``.
+    """
+
+    def __init__(self, num_classes, lip=None, **kwargs):
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(
+                f"SimplexClassifier: num_classes must be an integer >= 2, got {num_classes!r}."
+            )
+        if lip is not None and not (float(lip) > 0):
+            raise ValueError(f"SimplexClassifier: lip must be > 0 or None, got {lip!r}.")
+        for fixed in ("units", "use_bias", "trainable"):
+            kwargs.pop(fixed, None)
+        super().__init__(num_classes, use_bias=False, trainable=False, **kwargs)
+        self.num_classes = num_classes
+        self.lip = None if lip is None else float(lip)
+
+    @property
+    def lipschitz_constant(self):
+        natural = float(np.sqrt(self.num_classes / (self.num_classes - 1)))
+        return natural if self.lip is None else min(natural, self.lip)
+
+    def build(self, input_shape):
+        dim = input_shape[-1]
+        if dim is None or dim < self.num_classes - 1:
+            raise ValueError(
+                f"SimplexClassifier {self.name!r}: the input dimension d={dim} "
+                f"must be at least num_classes - 1 = {self.num_classes - 1}."
+            )
+        super().build(input_shape)
+        natural = np.sqrt(self.num_classes / (self.num_classes - 1))
+        scale = self.lipschitz_constant / natural
+        self.kernel.assign(scale * simplex_vertices(self.num_classes, dim))
+
+    def get_config(self):
+        config = super().get_config()
+        for fixed in ("units", "use_bias", "trainable", "kernel_initializer",
+                      "bias_initializer", "kernel_regularizer", "bias_regularizer",
+                      "kernel_constraint", "bias_constraint", "activity_regularizer",
+                      "activation", "lora_rank", "lora_alpha", "quantization_config"):
+            config.pop(fixed, None)
+        config.update(num_classes=self.num_classes, lip=self.lip)
         return config

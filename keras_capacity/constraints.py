@@ -196,9 +196,9 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
     def initialize(self, kernel_variable):
         """Rescales the kernel to ``lip`` if above and records it as ``K0``.
 
-        Uses the converged top singular pair (SVD, or Lanczos in float64),
-        which also start the tracked subspace iteration. Restored state (after loading
-        weights) is kept as it is.
+        Uses the converged top singular pairs (SVD, or Lanczos in float64),
+        which also start the tracked subspace iteration. Restored state
+        (after loading weights) is kept as it is.
         """
         if self.is_bound:
             return

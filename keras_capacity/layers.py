@@ -114,8 +114,14 @@ class SimplexClassifier(keras.layers.Dense):
         self.lip = None if lip is None else float(lip)
 
     @property
+    def simplex_lipschitz(self):
+        """``sqrt(K/(K-1))``: the spectral norm of the unit-vertex simplex."""
+        return float(np.sqrt(self.num_classes / (self.num_classes - 1)))
+
+    @property
     def lipschitz_constant(self):
-        natural = float(np.sqrt(self.num_classes / (self.num_classes - 1)))
+        """The layer's Lipschitz constant: the simplex's, or ``lip`` if smaller."""
+        natural = self.simplex_lipschitz
         return natural if self.lip is None else min(natural, self.lip)
 
     def build(self, input_shape):
@@ -126,8 +132,7 @@ class SimplexClassifier(keras.layers.Dense):
                 f"must be at least num_classes - 1 = {self.num_classes - 1}."
             )
         super().build(input_shape)
-        natural = np.sqrt(self.num_classes / (self.num_classes - 1))
-        scale = self.lipschitz_constant / natural
+        scale = self.lipschitz_constant / self.simplex_lipschitz
         self.kernel.assign(scale * simplex_vertices(self.num_classes, dim))
 
     def get_config(self):

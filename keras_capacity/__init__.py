@@ -15,11 +15,19 @@ if keras.backend.backend() != "tensorflow":
     )
 
 from keras_capacity.binding import bind, distance, lipschitz, project  # noqa: E402
+from keras_capacity.constraining import constrain  # noqa: E402
 from keras_capacity.constraints import LipDist  # noqa: E402
-from keras_capacity.layers import CircularConv2D, SimplexClassifier  # noqa: E402
+from keras_capacity.layers import (  # noqa: E402
+    CircularConv2D, GroupSort, PoolingShortcut, SimplexClassifier,
+)
+
+from keras_capacity.measure import (  # noqa: E402
+    format_table, layer_table, margins, network_lipschitz, spectral_complexity,
+)
 
 __all__ = [
-    "LipDist", "CircularConv2D", "SimplexClassifier",
-    "bind", "project", "lipschitz", "distance",
+    "LipDist", "CircularConv2D", "SimplexClassifier", "PoolingShortcut", "GroupSort",
+    "bind", "project", "lipschitz", "distance", "constrain",
+    "layer_table", "format_table", "network_lipschitz", "margins", "spectral_complexity",
 ]
 __version__ = "0.1.0"

@@ -47,7 +47,7 @@ def _walk_layers(root):
         stack.extend(_children(layer)[::-1])
 
 
-def _lipdists_of(layer):
+def lipdists_of(layer):
     """``(attribute, LipDist)`` for every LipDist the layer itself holds, as
     an attribute or as the constraint of one of its own variables."""
     found = []
@@ -93,7 +93,7 @@ def constrained_layers(model):
     """
     result, owners = [], {}
     for layer in _walk_layers(model):
-        for attribute, constraint in _lipdists_of(layer):
+        for attribute, constraint in lipdists_of(layer):
             _check_supported(layer, attribute, constraint)
             if id(constraint) in owners and owners[id(constraint)] is not layer:
                 raise ValueError(

@@ -144,3 +144,116 @@ class SimplexClassifier(keras.layers.Dense):
             config.pop(fixed, None)
         config.update(num_classes=self.num_classes, lip=self.lip)
         return config
+
+
+@keras.saving.register_keras_serializable(package="keras_capacity")
+class PoolingShortcut(keras.layers.Layer):
+    """The residual network's downsampling shortcut: no weights.
+
+    Concatenates, along channels, two 2x2 max-pools with stride 2: one over
+    the windows starting at even pixels, one over the windows shifted by one
+    pixel up and left (the first row and column see a single pixel). The
+    output has ``floor(H/2) x floor(W/2)`` pixels and twice the channels; a
+    1x1 input is duplicated. Each pool's windows are disjoint, so each is
+    1-Lipschitz in l2 and the concatenation is ``sqrt(2)``-Lipschitz,
+    reached by inputs that differ in one pixel.
+
+    Args:
+        lip: an optional Lipschitz bound ``> 0``; when below ``sqrt(2)`` the
+            output is scaled by ``lip / sqrt(2)`` (the shortcut entry of the
+            models' constraint lists, which the reference ignores).
+    """
+
+    def __init__(self, lip=None, **kwargs):
+        kwargs.pop("trainable", None)
+        super().__init__(trainable=False, **kwargs)
+        if lip is not None and not (float(lip) > 0):
+            raise ValueError(f"PoolingShortcut: lip must be > 0 or None, got {lip!r}.")
+        self.lip = None if lip is None else float(lip)
+
+    @property
+    def lipschitz_constant(self):
+        natural = float(np.sqrt(2.0))
+        return natural if self.lip is None else min(natural, self.lip)
+
+    def call(self, inputs):
+        height, width = inputs.shape[1], inputs.shape[2]
+        if height == 1 and width == 1:
+            pooled = [inputs, inputs]
+        else:
+            lowest = keras.ops.cast(
+                np.finfo(keras.backend.standardize_dtype(inputs.dtype)).min,
+                inputs.dtype,
+            )
+            shifted = keras.ops.pad(
+                inputs, [(0, 0), (1, 0), (1, 0), (0, 0)], constant_values=lowest
+            )
+            pooled = [
+                keras.ops.max_pool(inputs, 2, 2, "valid"),
+                keras.ops.max_pool(shifted, 2, 2, "valid")[:, : height // 2, : width // 2],
+            ]
+        output = keras.ops.concatenate(pooled, axis=-1)
+        scale = self.lipschitz_constant / np.sqrt(2.0)
+        return output if scale == 1.0 else output * scale
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, channels = input_shape
+        if height != 1 or width != 1:
+            height, width = height // 2, width // 2
+        return (batch, height, width, 2 * channels)
+
+    def build(self, input_shape):
+        if len(input_shape) != 4 or None in input_shape[1:]:
+            raise ValueError(
+                "PoolingShortcut expects channels-last images of known size "
+                f"(batch, H, W, C); got input shape {tuple(input_shape)}."
+            )
+
+    def get_config(self):
+        return {**super().get_config(), "lip": self.lip}
+
+
+@keras.saving.register_keras_serializable(package="keras_capacity")
+class GroupSort(keras.layers.Layer):
+    """GroupSort activation (Anil, Lucas & Grosse, ICML 2019).
+
+    Splits the last axis into consecutive groups of ``group_size`` and sorts
+    each group in descending order; ``group_size=2`` is MaxMin. Sorting only
+    permutes coordinates within each linear region, so the map is
+    1-Lipschitz in l2 and preserves the gradient norm. (The reference pairs
+    channel ``i`` with ``i + C/2`` instead; that is a fixed channel
+    permutation of the same function.)
+
+    Args:
+        group_size: ``>= 2``, dividing the number of channels.
+    """
+
+    lipschitz_constant = 1.0
+
+    def __init__(self, group_size=2, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2:
+            raise ValueError(f"GroupSort: group_size must be an integer >= 2, got {group_size!r}.")
+        self.group_size = group_size
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        if channels is None or channels % self.group_size:
+            raise ValueError(
+                f"GroupSort {self.name!r}: the last axis ({channels}) must be "
+                f"a multiple of group_size={self.group_size}."
+            )
+
+    def call(self, inputs):
+        shape = keras.ops.shape(inputs)
+        groups = keras.ops.reshape(
+            inputs, (-1, inputs.shape[-1] // self.group_size, self.group_size)
+        )
+        ordered = -keras.ops.sort(-groups, axis=-1)
+        return keras.ops.reshape(ordered, shape)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "group_size": self.group_size}

@@ -17,6 +17,8 @@ Lipschitz constant is computed here, outside the training graph, in float64:
   tolerance of 1e-5 that the project promises.
 """
 
+import functools
+
 import numpy as np
 import scipy.sparse.linalg
 import tensorflow as tf
@@ -65,21 +67,27 @@ def circular_conv_spectral_norm(kernel, input_size, dilation=(1, 1)):
     return float(np.sqrt(max(largest, 0.0)))
 
 
-def _gram_operator(kernel, geometry):
-    """``v -> A^T A v`` on flat float64 vectors, as a compiled function."""
-    kernel64 = tf.constant(np.asarray(kernel, dtype=np.float64))
-    shape = geometry.input_shape(kernel64.shape)
+@functools.lru_cache(maxsize=32)
+def _compiled_gram(geometry, kernel_shape):
+    """``(kernel, vectors) -> A^T A vectors``, traced once per geometry and
+    kernel shape (a model's layers share a few)."""
+    shape = geometry.input_shape(kernel_shape)
     size = int(np.prod(shape))
 
-    @tf.function
-    def gram(vectors):  # (batch, size)
+    @tf.function(reduce_retracing=True)
+    def gram(kernel, vectors):  # (batch, size)
         x = tf.reshape(vectors, (-1, *shape[1:]))
-        ax = operators.apply_operator(kernel64, x, geometry)
-        return tf.reshape(
-            operators.apply_adjoint(kernel64, ax, geometry), (-1, size)
-        )
+        ax = operators.apply_operator(kernel, x, geometry)
+        return tf.reshape(operators.apply_adjoint(kernel, ax, geometry), (-1, size))
 
     return gram, size
+
+
+def _gram_operator(kernel, geometry):
+    """``v -> A^T A v`` on flat float64 vectors, and the input dimension."""
+    kernel64 = tf.constant(np.asarray(kernel, dtype=np.float64))
+    gram, size = _compiled_gram(geometry, tuple(kernel64.shape))
+    return (lambda vectors: gram(kernel64, vectors)), size
 
 
 def top_singular(kernel, geometry, k=1, v0=None):

@@ -1,0 +1,121 @@
+"""Constraining an existing Keras model: :func:`constrain`."""
+
+import math
+import warnings
+
+import keras
+from keras.src.models.functional import Functional
+
+from keras_capacity import binding
+from keras_capacity.constraints import LipDist
+
+_SETTINGS = ("lip", "dist", "mode", "n_iter", "every")
+
+
+def _supported(layer):
+    """Whether ``LipDist`` can constrain the layer's kernel."""
+    if isinstance(layer, keras.layers.Conv2D):
+        return layer.groups == 1
+    return isinstance(layer, keras.layers.Dense)
+
+
+def _settings_for(layer, defaults, overrides):
+    """The LipDist settings of ``layer``: the defaults, updated by the
+    override for its name, else by the first override for a type it is an
+    instance of. ``None`` as an override leaves the layer as it is."""
+    chosen = overrides.get(layer.name, ...)
+    if chosen is ...:
+        for key, value in overrides.items():
+            if isinstance(key, type) and isinstance(layer, key):
+                chosen = value
+                break
+    if chosen is None:
+        return None
+    settings = dict(defaults)
+    if chosen is not ...:
+        unknown = set(chosen) - set(_SETTINGS)
+        if unknown:
+            raise ValueError(
+                f"constrain: unknown settings {sorted(unknown)} for layer "
+                f"{layer.name!r}; allowed: {_SETTINGS}."
+            )
+        settings.update(chosen)
+    return settings
+
+
+def _check_overrides(model, overrides):
+    names = {layer.name for layer in binding._walk_layers(model)}
+    for key in overrides:
+        if isinstance(key, str) and key not in names:
+            raise ValueError(f"constrain: the model has no layer named {key!r}.")
+        if not isinstance(key, (str, type)):
+            raise ValueError(
+                f"constrain: override keys are layer names or layer types, got {key!r}."
+            )
+
+
+def constrain(model, lip=math.inf, dist=math.inf, mode="radial", n_iter=1,
+              every=1, overrides=None):
+    """A copy of ``model`` with a :class:`LipDist` on every supported kernel.
+
+    The copy (``keras.models.clone_model``) has the original weights; every
+    ``Dense`` and ungrouped ``Conv2D`` kernel gets ``LipDist(lip, dist,
+    mode=..., n_iter=..., every=...)`` and the model is bound
+    (:func:`keras_capacity.bind`), so kernels above ``lip`` are scaled down
+    and ``K0`` is recorded. It is ready to compile and fit.
+
+    Layers with trainable weights that stay unconstrained (BatchNorm,
+    depthwise or transposed convolutions, embeddings, ...) are listed in a
+    ``UserWarning``; nothing is skipped silently. A kernel constraint the
+    layer already had is replaced, with a warning.
+
+    >>> model = constrain(keras.applications.ResNet50(weights=None),
+    ...                   lip=2.0, dist=100,
+    ...                   overrides={"predictions": {"dist": 50},
+    ...                              keras.layers.Dense: {"lip": 1.0}})
+
+    Args:
+        model: a built Sequential or functional model.
+        lip, dist, mode, n_iter, every: the defaults for every layer.
+        overrides: ``{layer name or layer type: dict of settings}``, the
+            settings being any of ``lip, dist, mode, n_iter, every``; a name
+            wins over a type, and ``None`` leaves the layer unconstrained.
+
+    Returns:
+        The constrained, bound copy.
+    """
+    if not isinstance(model, (keras.Sequential, Functional)):
+        raise ValueError(
+            f"constrain needs a Sequential or functional model; {model.name!r} "
+            f"is a {type(model).__name__}. Subclassed models can set "
+            "`kernel_constraint=LipDist(...)` themselves."
+        )
+    overrides = dict(overrides or {})
+    _check_overrides(model, overrides)
+    defaults = dict(lip=lip, dist=dist, mode=mode, n_iter=n_iter, every=every)
+    LipDist(**defaults)  # validates the defaults before any copying
+    replaced, left_out = [], []
+
+    def clone(layer):
+        config = layer.get_config()
+        settings = _settings_for(layer, defaults, overrides) if _supported(layer) else None
+        if settings is not None:
+            if config.get("kernel_constraint") is not None:
+                replaced.append(layer.name)
+            config["kernel_constraint"] = LipDist(**settings)
+        elif layer.trainable_weights and not isinstance(layer, keras.Model):
+            left_out.append(f"{layer.name} ({type(layer).__name__})")
+        return type(layer).from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone, recursive=True)
+    copy.set_weights(model.get_weights())
+    if replaced:
+        warnings.warn(f"constrain: replaced the kernel constraints of {replaced}.",
+                      stacklevel=2)
+    if left_out:
+        warnings.warn(
+            "constrain: these layers have trainable weights and stay "
+            f"unconstrained: {', '.join(left_out)}.", stacklevel=2,
+        )
+    binding.bind(copy)
+    return copy

@@ -1,0 +1,339 @@
+"""Measuring a whole network: per-layer table, Lipschitz bound, margins and
+spectral complexity.
+
+The network's Lipschitz upper bound follows the model's graph: a layer
+multiplies the bound of its input by its own constant, ``Add`` sums the
+bounds of its inputs (a residual block contributes ``shortcut + s1 * s2``),
+``Concatenate`` takes the root of the sum of squares. Every layer must have
+a known constant, else a ``ValueError`` names it: a silently ignored layer
+would make the bound wrong. Unlike the reference, the bound includes
+BatchNorm (its inference-mode constant) and the pools' own constants (an
+overlapping 3x3/2 max-pool is 2-Lipschitz, a global average pool over
+``H x W`` is ``1/sqrt(HW)``).
+"""
+
+import math
+
+import keras
+import numpy as np
+
+from keras_capacity import binding, constraints, spectral
+from keras_capacity import layers as capacity_layers
+
+# Largest slope of each activation; softmax's Jacobian has norm <= 1/2, we
+# use 1; gelu and silu overshoot 1 slightly (1.1289, 1.0998).
+ACTIVATION_LIPSCHITZ = {
+    "linear": 1.0, "relu": 1.0, "relu6": 1.0, "leaky_relu": 1.0, "elu": 1.0,
+    "tanh": 1.0, "softplus": 1.0, "softmax": 1.0, "sigmoid": 0.25,
+    "silu": 1.1, "swish": 1.1, "gelu": 1.129,
+}
+
+# Layers that only move, copy or drop coordinates (Dropout is the identity
+# at inference).
+_ONE_LIPSCHITZ = (
+    keras.layers.InputLayer, keras.layers.Flatten, keras.layers.Reshape,
+    keras.layers.Permute, keras.layers.Dropout, keras.layers.SpatialDropout2D,
+    keras.layers.GaussianNoise, keras.layers.ZeroPadding2D, keras.layers.Cropping2D,
+    keras.layers.Identity, keras.layers.GlobalMaxPooling2D,
+)
+
+
+def activation_lipschitz(activation, where):
+    name = getattr(activation, "__name__", str(activation))
+    if name not in ACTIVATION_LIPSCHITZ:
+        raise ValueError(
+            f"{where}: no known Lipschitz constant for activation {name!r}; "
+            f"known: {sorted(ACTIVATION_LIPSCHITZ)}."
+        )
+    return ACTIVATION_LIPSCHITZ[name]
+
+
+def _windows(size, pool, stride, padding):
+    """Start and stop of each pooling window on one axis, padding excluded
+    (as TensorFlow pools)."""
+    if padding == "same":
+        count = -(-size // stride)
+        before = max((count - 1) * stride + pool - size, 0) // 2
+    else:
+        count, before = (size - pool) // stride + 1, 0
+    starts = np.arange(count) * stride - before
+    return np.clip(starts, 0, size), np.clip(starts + pool, 0, size)
+
+
+def _pool_lipschitz(layer, input_shape, average):
+    """Max-pool: ``sqrt`` of the most windows one pixel lies in (exact: a
+    one-pixel input reaches it). Average pool: Schur's bound ``sqrt(max
+    column sum * max row sum)`` of its matrix, rows summing to 1."""
+    if layer.data_format != "channels_last":
+        raise ValueError(f"{layer.name!r}: only channels_last pooling is supported.")
+    worst = 1.0
+    for size, pool, stride in zip(input_shape[1:3], layer.pool_size, layer.strides):
+        start, stop = _windows(size, pool, stride, layer.padding)
+        weights = 1.0 / np.maximum(stop - start, 1) if average else np.ones(len(start))
+        column = [weights[(start <= j) & (j < stop)].sum() for j in range(size)]
+        worst *= max(column)
+    return math.sqrt(worst)
+
+
+def batch_norm_lipschitz(layer):
+    """Inference-mode BatchNorm ``gamma (x - mean) / sqrt(var + eps) + beta``:
+    ``max |gamma| / sqrt(var + eps)`` over channels."""
+    variance = np.asarray(layer.moving_variance.numpy(), np.float64)
+    gamma = np.asarray(layer.gamma.numpy(), np.float64) if layer.scale else 1.0
+    return float(np.max(np.abs(gamma) / np.sqrt(variance + layer.epsilon)))
+
+
+def _kernel_lipschitz(layer, input_shape):
+    """The spectral norm of a Dense or Conv2D kernel's map (bias ignored)."""
+    geometry = binding.operator_geometry(layer, input_shape)
+    return spectral.spectral_norm(layer.kernel.numpy(), geometry)
+
+
+def layer_lipschitz(layer, input_shape):
+    """The Lipschitz constant (l2) of one layer on inputs of ``input_shape``.
+
+    Any layer can state its own as a ``lipschitz_constant`` attribute
+    (:class:`SimplexClassifier`, :class:`PoolingShortcut`, :class:`GroupSort`
+    do); a layer without a known constant is a ``ValueError``.
+    """
+    if hasattr(layer, "lipschitz_constant"):
+        return float(layer.lipschitz_constant)
+    if isinstance(layer, keras.Model):
+        return network_lipschitz(layer)
+    if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D)):
+        own = activation_lipschitz(layer.activation, repr(layer.name))
+        return _kernel_lipschitz(layer, input_shape) * own
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return batch_norm_lipschitz(layer)
+    if isinstance(layer, keras.layers.Activation):
+        return activation_lipschitz(layer.activation, repr(layer.name))
+    if isinstance(layer, keras.layers.ReLU):
+        return max(1.0, abs(float(layer.negative_slope)))
+    if isinstance(layer, keras.layers.LeakyReLU):
+        return max(1.0, abs(float(layer.negative_slope)))
+    if isinstance(layer, _ONE_LIPSCHITZ):
+        return 1.0
+    if isinstance(layer, keras.layers.MaxPooling2D):
+        return _pool_lipschitz(layer, input_shape, average=False)
+    if isinstance(layer, keras.layers.AveragePooling2D):
+        return _pool_lipschitz(layer, input_shape, average=True)
+    if isinstance(layer, keras.layers.GlobalAveragePooling2D):
+        axes = input_shape[1:3] if layer.data_format == "channels_last" else input_shape[2:4]
+        return 1.0 / math.sqrt(axes[0] * axes[1])
+    raise ValueError(
+        f"No known Lipschitz constant for layer {layer.name!r} "
+        f"({type(layer).__name__}); give it a `lipschitz_constant` attribute."
+    )
+
+
+def _merge(layer, bounds):
+    """The bound of a layer with several inputs, from its inputs' bounds."""
+    if isinstance(layer, (keras.layers.Add, keras.layers.Subtract)):
+        return sum(bounds)
+    if isinstance(layer, keras.layers.Average):
+        return sum(bounds) / len(bounds)
+    if isinstance(layer, keras.layers.Concatenate):
+        return math.sqrt(sum(b * b for b in bounds))
+    raise ValueError(
+        f"No Lipschitz rule for layer {layer.name!r} ({type(layer).__name__}) "
+        "with several inputs; supported: Add, Subtract, Average, Concatenate."
+    )
+
+
+def network_lipschitz(model):
+    """An upper bound on the l2 Lipschitz constant of ``model``'s map, from
+    its layers' constants along its graph (float).
+
+    For a chain of layers this is the product of their constants; for a
+    pre-activation residual block ``shortcut + s1 * s2`` (times the
+    constants the two paths share). Works on Sequential and functional
+    models, nested ones included; the whole input (all inputs together) and
+    the whole output are measured in l2.
+    """
+    if isinstance(model, keras.Sequential):
+        bound = 1.0
+        for layer in model.layers:
+            bound *= layer_lipschitz(layer, layer.input.shape)
+        return bound
+    if not hasattr(model, "operations") or not model.outputs:
+        raise ValueError(
+            f"network_lipschitz needs a Sequential or functional model; "
+            f"{model.name!r} is a subclassed model without a graph."
+        )
+    memo = {}
+
+    def bound_of(tensor):
+        key = id(tensor)
+        if key not in memo:
+            operation, node_index, _ = tensor._keras_history
+            node = operation._inbound_nodes[node_index]
+            inputs = node.input_tensors
+            if not inputs:
+                memo[key] = 1.0
+            elif len(inputs) == 1:
+                own = layer_lipschitz(operation, inputs[0].shape)
+                memo[key] = own * bound_of(inputs[0])
+            else:
+                memo[key] = _merge(operation, [bound_of(t) for t in inputs])
+        return memo[key]
+
+    return math.sqrt(sum(bound_of(t) ** 2 for t in model.outputs))
+
+
+# ------------------------------------------------------------- layer table
+
+
+def _input_size(layer, constraint):
+    if constraint is not None and constraint.geometry is not None:
+        geometry = constraint.geometry
+        if geometry.input_size:
+            return "x".join(str(d) for d in geometry.input_size)
+    build = layer.get_build_config() if layer.built else None
+    shape = build["input_shape"] if build else None
+    if not shape:
+        return "?"
+    return "x".join(str(d) for d in (shape[1:3] if len(shape) == 4 else shape[-1:]))
+
+
+def own_parameters(layer):
+    """The layer's parameter count without its ``LipDist``'s state (``K0``
+    and the tracked directions, which ``count_params`` includes)."""
+    state = {id(v) for _, lipdist in binding.lipdists_of(layer) for v in lipdist.weights}
+    return int(sum(np.prod(v.shape) for v in layer.weights if id(v) not in state))
+
+
+def _row(layer):
+    constraint = binding._kernel_lipdist(layer)
+    lip_bound, dist_bound = math.inf, math.inf
+    distance = None
+    build = layer.get_build_config() if layer.built else None
+    shape = tuple(build["input_shape"]) if build else None
+    if isinstance(layer, capacity_layers.SimplexClassifier):
+        lip_bound = math.inf if layer.lip is None else layer.lip
+        dist_bound, distance = 0.0, 0.0
+        lipschitz = layer.lipschitz_constant
+    elif isinstance(layer, capacity_layers.PoolingShortcut):
+        lip_bound = math.inf if layer.lip is None else layer.lip
+        dist_bound, distance = 0.0, 0.0
+        lipschitz = layer.lipschitz_constant
+    elif isinstance(layer, keras.layers.BatchNormalization):
+        lipschitz = batch_norm_lipschitz(layer)
+    else:
+        if constraint is not None:
+            lip_bound, dist_bound = constraint.lip, constraint.dist
+            lipschitz = binding.lipschitz(layer)
+            distance = binding.distance(layer)
+        else:
+            lipschitz = _kernel_lipschitz(layer, shape)
+    holds = lipschitz <= lip_bound * (1 + constraints.LIPSCHITZ_TOLERANCE) and (
+        distance is None
+        or distance <= dist_bound * (1 + constraints.DISTANCE_TOLERANCE) + 1e-6
+    )
+    strides = getattr(layer, "strides", None)
+    return {
+        "name": layer.name,
+        "kind": type(layer).__name__,
+        "input_size": _input_size(layer, constraint),
+        "stride": strides[0] if strides else (2 if isinstance(layer, capacity_layers.PoolingShortcut) else 1),
+        "lip_constraint": lip_bound,
+        "lipschitz": lipschitz,
+        "dist_constraint": dist_bound,
+        "distance": distance,
+        "params": own_parameters(layer),
+        "holds": bool(holds),
+    }
+
+
+_MEASURED = (keras.layers.Dense, keras.layers.Conv2D, keras.layers.BatchNormalization,
+             capacity_layers.PoolingShortcut)
+
+
+def layer_table(model):
+    """One dict per linear, BatchNorm and shortcut layer of ``model``:
+    ``name, kind, input_size, stride, lip_constraint, lipschitz,
+    dist_constraint, distance, params, holds``.
+
+    Constraints that are absent are ``inf``; ``distance`` is ``None`` for a
+    layer without ``K0``; ``holds`` says whether both constraints hold to
+    the documented tolerances.
+    """
+    return [_row(layer) for layer in binding._walk_layers(model)
+            if isinstance(layer, _MEASURED)]
+
+
+def _number(value, digits=4):
+    if value is None:
+        return "-"
+    if value == math.inf:
+        return "inf"
+    return f"{value:.{digits}g}"
+
+
+def format_table(rows):
+    """``rows`` of :func:`layer_table` as an aligned text table."""
+    header = ("layer", "kind", "input", "stride", "lip<=", "lip", "dist<=", "dist",
+              "params", "ok")
+    lines = [header] + [
+        (r["name"], r["kind"], r["input_size"], str(r["stride"]),
+         _number(r["lip_constraint"]), _number(r["lipschitz"]),
+         _number(r["dist_constraint"]), _number(r["distance"]),
+         f"{r['params']:,}", "yes" if r["holds"] else "NO")
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) if i < 3 else cell.rjust(w)
+                  for i, (cell, w) in enumerate(zip(line, widths)))
+        for line in lines
+    )
+
+
+# ------------------------------------------------------ margins, complexity
+
+
+def margins(model, data, labels=None, batch_size=256):
+    """``v_y - max_{i != y} v_i`` for every example, as float64 numpy.
+
+    ``data`` is an array (with integer ``labels``) or a ``tf.data.Dataset``
+    of ``(inputs, labels)`` batches; it is streamed batch by batch, with the
+    model in inference mode.
+    """
+    if labels is not None:
+        data = [(data[i:i + batch_size], labels[i:i + batch_size])
+                for i in range(0, len(data), batch_size)]
+    result = []
+    for inputs, targets in data:
+        scores = np.asarray(model(inputs, training=False), np.float64)
+        targets = np.asarray(targets).astype(np.int64).reshape(-1)
+        if scores.ndim != 2 or targets.shape[0] != scores.shape[0]:
+            raise ValueError(
+                f"margins: expected scores (batch, classes) and one label per "
+                f"example, got scores {scores.shape} and labels {targets.shape}."
+            )
+        if targets.min() < 0 or targets.max() >= scores.shape[1]:
+            raise ValueError(f"margins: labels must lie in [0, {scores.shape[1]}).")
+        rows = np.arange(len(targets))
+        own = scores[rows, targets]
+        scores[rows, targets] = -np.inf
+        result.append(own - scores.max(axis=1))
+    return np.concatenate(result) if result else np.zeros(0)
+
+
+def spectral_complexity(model, rows=None):
+    """``L * (sum_i (b_i / s_i)^(2/3))^(3/2)`` (Bartlett et al. 2017).
+
+    ``s_i`` is layer ``i``'s Lipschitz constant and ``b_i`` its (2,1)
+    distance to ``K0``, over the layers with ``K0`` (constrained and simplex
+    layers); ``L`` is :func:`network_lipschitz`, the product of the ``s_i``
+    for a chain (the fixed layers' constants included). ``rows`` reuses a
+    :func:`layer_table`.
+    """
+    rows = layer_table(model) if rows is None else rows
+    weighted = [r for r in rows if r["distance"] is not None and r["params"] > 0]
+    if not weighted:
+        raise ValueError(
+            "spectral_complexity needs layers with a bound LipDist (their K0 "
+            "gives the distances); call keras_capacity.bind(model)."
+        )
+    total = sum((r["distance"] / r["lipschitz"]) ** (2 / 3) for r in weighted)
+    return network_lipschitz(model) * total ** 1.5

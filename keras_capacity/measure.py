@@ -234,7 +234,8 @@ def _row(layer):
         "name": layer.name,
         "kind": type(layer).__name__,
         "input_size": _input_size(layer, constraint),
-        "stride": strides[0] if strides else (2 if isinstance(layer, capacity_layers.PoolingShortcut) else 1),
+        "stride": strides[0] if strides else (
+            2 if isinstance(layer, capacity_layers.PoolingShortcut) else None),
         "lip_constraint": lip_bound,
         "lipschitz": lipschitz,
         "dist_constraint": dist_bound,
@@ -274,7 +275,7 @@ def format_table(rows):
     header = ("layer", "kind", "input", "stride", "lip<=", "lip", "dist<=", "dist",
               "params", "ok")
     lines = [header] + [
-        (r["name"], r["kind"], r["input_size"], str(r["stride"]),
+        (r["name"], r["kind"], r["input_size"], _number(r["stride"]),
          _number(r["lip_constraint"]), _number(r["lipschitz"]),
          _number(r["dist_constraint"]), _number(r["distance"]),
          f"{r['params']:,}", "yes" if r["holds"] else "NO")

@@ -18,7 +18,7 @@ test: $(STAMP)
 	$(PYTHON) -m pytest -q
 
 demo: $(STAMP)
-	$(PYTHON) examples/quickstart.py
+	$(PYTHON) train_main.py --flagfile=examples/demo.flags
 
 benchmark: $(STAMP)
 	$(PYTHON) benchmarks/constraint_overhead.py

@@ -146,9 +146,9 @@ def split_cpu(count):
 def create_strategy(name):
     import tensorflow as tf
 
-    gpus = tf.config.list_logical_devices("GPU")
-    if name == "multi_worker":
+    if name == "multi_worker":  # must come before anything initializes TensorFlow
         return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_logical_devices("GPU")
     if name == "mirrored" or (name == "auto" and gpus):
         devices = gpus or tf.config.list_logical_devices("CPU")
         return tf.distribute.MirroredStrategy([d.name for d in devices])
@@ -177,6 +177,29 @@ def build_model(num_classes, image_shape, lip, dist):
     return builder(num_classes, n_channels=FLAGS.n_channels, simplex=FLAGS.simplex, **common)
 
 
+def patch_for_multi_worker(model, batch):
+    """Works around Keras 3's fit under MultiWorkerMirroredStrategy
+    (keras-team/keras#20585), on this model only.
+
+    Keras builds the metrics by reducing a distributed ``(x, y)`` batch,
+    which that strategy cannot do: we build them from one local batch and
+    skip that step. It then averages each step's scalar metrics over axis 0,
+    which a scalar lacks: the steps return them as 1-vectors instead.
+    """
+    import tensorflow as tf
+
+    model._symbolic_build(data_batch=batch)
+    model._maybe_symbolic_build = lambda *args, **kwargs: None
+
+    def vector_outputs(step):
+        def wrapped(data):
+            return {name: tf.reshape(value, [1]) for name, value in step(data).items()}
+        return wrapped
+
+    model.train_step = vector_outputs(model.train_step)
+    model.test_step = vector_outputs(model.test_step)
+
+
 def _json_number(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -184,8 +207,20 @@ def _json_number(value):
 
 
 def _evaluate(model, dataset):
-    results = model.evaluate(dataset, verbose=0, return_dict=True)
-    return float(results["loss"]), float(results["accuracy"])
+    """Mean cross-entropy and accuracy over the whole dataset, computed
+    locally in inference mode (the same on every worker)."""
+    import numpy as np
+    from scipy.special import logsumexp
+
+    total_loss, correct, count = 0.0, 0, 0
+    for inputs, labels in dataset:
+        scores = np.asarray(model(inputs, training=False), np.float64)
+        labels = np.asarray(labels).astype(np.int64)
+        rows = np.arange(len(labels))
+        total_loss += float(np.sum(logsumexp(scores, axis=1) - scores[rows, labels]))
+        correct += int(np.sum(scores.argmax(axis=1) == labels))
+        count += len(labels)
+    return total_loss / count, correct / count
 
 
 def write_hparams(log_dir, values, metrics):
@@ -251,6 +286,8 @@ def main(argv):
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"],
         )
+        if FLAGS.strategy == "multi_worker":
+            patch_for_multi_worker(model, next(iter(data.train)))
     initial = os.path.join(run_dir, "model_init.keras")
     if chief and not os.path.exists(initial):
         callbacks.save_model(model, initial)

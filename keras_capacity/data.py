@@ -187,7 +187,7 @@ def load(name, data_dir=None, batch_size=256, limit_to=-1, randomize_labels=Fals
     elif name == "tiny_imagenet":
         train, test, num_classes, num_train, num_test = _tiny_imagenet(data_dir)
     else:
-        train, test, num_classes, num_train, num_test = _tfds(name, data_dir)
+        train, test, num_classes, num_train, num_test = _tfds(name, data_dir or None)
     if limit_to is not None and limit_to > 0:
         train, num_train = train.take(limit_to), min(limit_to, num_train)
     if randomize_labels:

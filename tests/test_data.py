@@ -1,0 +1,75 @@
+"""Input pipelines: the bundled dataset, random labels, Tiny-ImageNet folders."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_capacity import data
+
+
+def test_bundled_dataset_statistics_and_shapes():
+    loaded = data.load("shapes10", batch_size=100)
+    assert (loaded.num_classes, loaded.num_train, loaded.num_test) == (10, 5000, 1000)
+    assert loaded.image_shape == (32, 32, 3)
+    images = np.concatenate([x.numpy() for x, _ in loaded.train]).astype(np.float64)
+    # Normalized with the dataset's own statistics: mean 0, std 1 per channel.
+    np.testing.assert_allclose(images.reshape(-1, 3).mean(0), 0.0, atol=2e-3)
+    np.testing.assert_allclose(images.reshape(-1, 3).std(0), 1.0, atol=2e-3)
+
+
+def labels_of(dataset):
+    return np.concatenate([y.numpy() for _, y in dataset])
+
+
+def test_random_labels_are_seeded_and_limit_to_takes_the_first():
+    first = data.load("shapes10", batch_size=64, limit_to=300, randomize_labels=True, seed=3)
+    again = data.load("shapes10", batch_size=64, limit_to=300, randomize_labels=True, seed=3)
+    assert first.num_train == 300
+    unshuffled = lambda d: d.train.unbatch().map(lambda x, y: (tf.reduce_sum(x), y))  # noqa: E731
+    pairs = sorted((float(s), int(y)) for s, y in unshuffled(first))
+    assert pairs == sorted((float(s), int(y)) for s, y in unshuffled(again))
+    true = np.load(data.SHAPES10_PATH)["y_train"][:300]
+    expected = data.random_labels(300, 10, 3)
+    assert sorted(labels_of(first.train)) == sorted(expected)
+    assert np.mean(expected == true) < 0.3
+
+
+def write_tiny_imagenet(root, wnids=("n01", "n02"), per_class=3):
+    os.makedirs(os.path.join(root, "val", "images"))
+    rows = []
+    for index, wnid in enumerate(wnids):
+        folder = os.path.join(root, "train", wnid, "images")
+        os.makedirs(folder)
+        for i in range(per_class):
+            image = tf.fill((64, 64, 3), tf.constant(40 * index + i, tf.uint8))
+            tf.io.write_file(os.path.join(folder, f"{wnid}_{i}.JPEG"), tf.io.encode_jpeg(image))
+        name = f"val_{index}.JPEG"
+        tf.io.write_file(os.path.join(root, "val", "images", name),
+                         tf.io.encode_jpeg(tf.zeros((64, 64, 3), tf.uint8)))
+        rows.append(f"{name}\t{wnid}\t0\t0\t63\t63\n")
+    with open(os.path.join(root, "val", "val_annotations.txt"), "w") as f:
+        f.writelines(rows)
+
+
+def test_tiny_imagenet_folder(tmp_path):
+    write_tiny_imagenet(tmp_path / "tiny-imagenet-200")
+    loaded = data.load("tiny_imagenet", str(tmp_path), batch_size=4)
+    assert (loaded.num_classes, loaded.num_train, loaded.num_test) == (2, 6, 2)
+    assert loaded.image_shape == (64, 64, 3)
+    assert sorted(labels_of(loaded.train)) == [0, 0, 0, 1, 1, 1]
+    assert sorted(labels_of(loaded.test)) == [0, 1]
+
+
+def test_tiny_imagenet_errors_show_the_layout(tmp_path):
+    with pytest.raises(FileNotFoundError, match="val_annotations.txt"):
+        data.load("tiny_imagenet", str(tmp_path))
+    root = tmp_path / "tiny-imagenet-200"
+    write_tiny_imagenet(root)
+    with open(root / "val" / "val_annotations.txt", "a") as f:
+        f.write("broken line\n")
+    with pytest.raises(ValueError, match="line 3.*\n.*tiny-imagenet-200/"):
+        data.load("tiny_imagenet", str(tmp_path))
+    with pytest.raises(ValueError, match="Unknown dataset 'mnist'"):
+        data.load("mnist")

@@ -301,21 +301,22 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
     def __call__(self, w):
         if not tf.inside_function():
             return self.project(w)
-        kernel = self._checked(w)
-        block = tf.convert_to_tensor(
-            self.power_vectors if self.has_lipschitz else 0.0
-        )
+        self._require_bound(w)
         self.steps.assign_add(1)
+        block = tf.convert_to_tensor(self.power_vectors if self.has_lipschitz else 0.0)
         if self.every == 1:
-            kernel, block = self._projected(kernel, block, self.n_iter)
+            kernel, block = self._projected(self._checked(w), block, self.n_iter)
         else:
+            # Only the steps that project pay for the finiteness check.
             due = tf.equal(tf.convert_to_tensor(self.steps) % self.every, 0)
             kernel, block = tf.cond(
                 due,
-                lambda: self._projected(kernel, block, self.n_iter),
-                lambda: (kernel, block),
+                lambda: self._projected(self._checked(w), block, self.n_iter),
+                lambda: (tf.identity(w), block),
             )
         if self.has_lipschitz:
+            # Outside the cond: under MirroredStrategy this assignment is a
+            # synchronization point, which control flow may not contain.
             self.power_vectors.assign(block)
         return kernel
 

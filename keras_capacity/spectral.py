@@ -5,14 +5,14 @@ Training projects with the fast, warm-started subspace iteration of
 Lipschitz constant is computed here, outside the training graph, in float64:
 
 * Dense: the largest singular value from an SVD (exact).
-* Circular convolution, stride 1: Sedghi, Gupta & Long (ICLR 2019). The
-  operator is diagonalized by the 2-D DFT over the ``H x W`` grid; its
-  singular values are those of the ``in x out`` matrices
+* Circular convolution: Sedghi, Gupta & Long (ICLR 2019). The operator is
+  diagonalized by the 2-D DFT over the ``H x W`` grid; its singular values
+  are those of the ``in x out`` matrices
   ``M(f) = sum_{a,b} K[a, b] exp(-2 pi i (f_h a d_h / H + f_w b d_w / W))``
-  at every frequency ``f`` (exact). A real kernel makes ``M(-f)`` the complex
-  conjugate of ``M(f)``, so only ``W // 2 + 1`` frequency columns are
-  decomposed.
-* Everything else (zero padding, strides, dilation): Lanczos iteration
+  at every frequency ``f`` (exact). With strides dividing ``H x W``, the
+  frequencies that alias onto one output frequency form one block (see
+  :func:`circular_conv_spectral_norm`).
+* Everything else (zero padding, strides that do not divide): Lanczos iteration
   (ARPACK) on ``A^T A`` in float64, converged far below the relative
   tolerance of 1e-5 that the project promises.
 """
@@ -31,40 +31,57 @@ LANCZOS_TOL = 1e-12
 DENSE_GRAM_LIMIT = 256
 
 
-def _circular_partial_dft(kernel, input_size, dilation):
-    """Transforms the kernel along the width: ``(kh, W//2+1, in, out)``."""
-    _, kw = kernel.shape[:2]
-    width = input_size[1]
-    freqs = np.arange(width // 2 + 1)
-    taps = np.arange(kw) * dilation[1]
-    phase = np.exp(-2j * np.pi * np.outer(freqs, taps) / width)
+def _width_dft(kernel, width, dilation, frequencies):
+    """The kernel transformed along the width: ``(kh, len(frequencies), in, out)``."""
+    taps = np.arange(kernel.shape[1]) * dilation
+    phase = np.exp(-2j * np.pi * np.outer(frequencies, taps) / width)
     return np.einsum("fb,abio->afio", phase, kernel)
 
 
-def _height_phases(kernel, input_size, dilation):
-    height = input_size[0]
-    taps = np.arange(kernel.shape[0]) * dilation[0]
-    return np.exp(-2j * np.pi * np.outer(np.arange(height), taps) / height)
+def _height_phases(kernel, height, dilation, rows):
+    taps = np.arange(kernel.shape[0]) * dilation
+    return np.exp(-2j * np.pi * np.outer(rows, taps) / height)
 
 
-def circular_conv_spectral_norm(kernel, input_size, dilation=(1, 1)):
-    """Exact ``||A||_2`` of a stride-1 circular convolution on ``H x W``.
+def circular_conv_spectral_norm(kernel, input_size, dilation=(1, 1), strides=(1, 1)):
+    """Exact ``||A||_2`` of a circular convolution on ``H x W``.
 
-    Works one frequency row at a time, so memory stays at one row of
-    ``in x out`` matrices whatever the input size.
+    Stride 1: the largest singular value over the per-frequency ``in x out``
+    matrices ``M(f)`` (Sedghi et al. 2019); a real kernel makes ``M(-f)``
+    the conjugate of ``M(f)``, so only ``W // 2 + 1`` columns are needed.
+
+    Stride ``s`` (with ``s`` dividing the input size): subsampling folds the
+    ``s_h s_w`` input frequencies ``g + (a H/s_h, b W/s_w)`` onto output
+    frequency ``g``, so the operator is block diagonal with blocks
+    ``[M(f_1)^T ... M(f_S)^T] / sqrt(S)`` of size ``out x (in S)``; the
+    padding offset only multiplies each ``M(f)`` by a unit phase, which
+    leaves ``B B^H`` unchanged. Pairs ``g, -g`` are conjugate, so half of
+    the output rows are decomposed. Works one output row at a time.
     """
     kernel = np.asarray(kernel, dtype=np.float64)
-    partial = _circular_partial_dft(kernel, input_size, dilation)
-    phases = _height_phases(kernel, input_size, dilation)
-    transpose = kernel.shape[2] > kernel.shape[3]
+    (height, width), (s_h, s_w) = input_size, strides
+    if height % s_h or width % s_w:
+        raise ValueError(f"strides {strides} do not divide the input size {input_size}.")
+    out_h, out_w = height // s_h, width // s_w
+    columns = np.arange(width // 2 + 1) if s_w == 1 else np.arange(width)
+    partial = _width_dft(kernel, width, dilation[1], columns)
+    # Conjugate pairs: half the columns over all rows, or (strided width)
+    # half the rows over all columns.
+    row_count = out_h if s_w == 1 else out_h // 2 + 1
     largest = 0.0
-    for row_phase in phases:
-        m = np.einsum("a,afio->fio", row_phase, partial)
-        if transpose:
+    for row in range(row_count):
+        rows = row + np.arange(s_h) * out_h
+        m = np.einsum("ra,afio->rfio", _height_phases(kernel, height, dilation[0], rows), partial)
+        if s_w > 1:  # (s_h, s_w * out_w, ...) -> (out_w, in * S, out): the folded blocks
+            m = m.reshape(s_h, s_w, out_w, *m.shape[2:])
+            m = np.moveaxis(m, 2, 0).reshape(out_w, s_h * s_w * kernel.shape[2], kernel.shape[3])
+        else:
+            m = np.moveaxis(m, 1, 0).reshape(len(columns), s_h * kernel.shape[2], kernel.shape[3])
+        if m.shape[2] > m.shape[1]:  # the Gram matrix on the smaller side
             m = np.swapaxes(m, 1, 2)
-        gram = np.swapaxes(m, 1, 2).conj() @ m  # (W//2+1, small, small)
+        gram = np.swapaxes(m, 1, 2).conj() @ m
         largest = max(largest, float(np.linalg.eigvalsh(gram)[:, -1].max()))
-    return float(np.sqrt(max(largest, 0.0)))
+    return float(np.sqrt(max(largest, 0.0) / (s_h * s_w)))
 
 
 @functools.lru_cache(maxsize=32)
@@ -140,8 +157,9 @@ def spectral_norm(kernel, geometry):
     """The layer's Lipschitz constant ``||A||_2``, exact or converged."""
     if geometry.kind == operators.DENSE:
         return float(np.linalg.norm(np.asarray(kernel, np.float64), 2))
-    if geometry.padding == "circular" and geometry.strides == (1, 1):
+    divides = all(n % s == 0 for n, s in zip(geometry.input_size, geometry.strides))
+    if geometry.padding == "circular" and divides:
         return circular_conv_spectral_norm(
-            kernel, geometry.input_size, geometry.dilation
+            kernel, geometry.input_size, geometry.dilation, geometry.strides
         )
     return top_singular(kernel, geometry)[0]

@@ -221,10 +221,10 @@ def bind(model, input_shape=None):
     for layer, constraint in pairs:
         geometry = operator_geometry(layer, shapes[id(layer)])
         with _scope_of(layer.kernel):
+            constraint.layer_name = layer.name
             constraint.create_state(
                 layer.kernel.shape, geometry, layer.kernel.dtype
             )
-            constraint.layer_name = layer.name
             constraint.initialize(layer.kernel)
     return pairs
 

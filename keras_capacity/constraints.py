@@ -8,10 +8,11 @@ import numpy as np
 import tensorflow as tf
 
 from keras_capacity import operators
+from keras_capacity import orthogonal
 from keras_capacity import projections
 from keras_capacity import spectral
 
-MODES = ("radial",)
+MODES = ("radial", "orthogonal")
 # What the constraint guarantees for every kernel it returns (relative).
 LIPSCHITZ_TOLERANCE = 1e-3
 DISTANCE_TOLERANCE = 1e-5
@@ -109,7 +110,15 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
     Args:
         lip: the Lipschitz bound, ``> 0``; ``inf`` or ``None`` for none.
         dist: the (2,1) distance bound, ``>= 0``; ``inf`` or ``None`` for none.
-        mode: ``"radial"``, the radial Lipschitz projection.
+        mode: ``"radial"`` (rescale ``K``), or ``"orthogonal"``: the nearest
+            kernel (Euclidean), by singular-value clipping (Dense) or
+            per-frequency clipping of the FFT of the kernel on its input grid
+            (``CircularConv2D``; a zero-padded ``Conv2D`` is refused at
+            ``bind``), combined with the distance ball and the kernel's
+            support by ``n_iter`` rounds of Dykstra's algorithm, then the
+            feasibility step (see :mod:`keras_capacity.orthogonal`). Its
+            Lipschitz bound holds exactly in the train step too: the
+            feasibility step uses the exact in-graph spectrum.
         n_iter: alternating rounds per projection (with both constraints).
         every: project on every ``every``-th optimizer step only. The count
             is kept inside the compiled train step. A direct call outside
@@ -120,11 +129,6 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
         keras.layers.Layer.__init__(self, trainable=False)
         self.lip = _bound_value("lip", lip, minimum_inclusive=False)
         self.dist = _bound_value("dist", dist, minimum_inclusive=True)
-        if mode == "orthogonal":
-            raise ValueError(
-                "LipDist: mode='orthogonal' is not implemented yet; use "
-                "mode='radial'."
-            )
         if mode not in MODES:
             raise ValueError(
                 f"LipDist: unknown mode {mode!r}; expected one of {MODES}."
@@ -169,6 +173,10 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
                     "every layer its own LipDist."
                 )
             return
+        if self.mode == "orthogonal":
+            orthogonal.check_embeddable(
+                geometry, kernel_shape, f"LipDist on {self.layer_name or 'a kernel'!r}"
+            )
         self.geometry = geometry
         self.kernel_shape = tuple(int(d) for d in kernel_shape)
         state = dict(trainable=False, aggregation="only_first_replica")
@@ -266,6 +274,10 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
         k0 = tf.convert_to_tensor(self.initial_kernel)
         if self.dist == 0:
             return k0, block
+        if self.mode == "orthogonal":
+            return orthogonal.project(
+                kernel, k0, self.lip, self.dist, self.geometry, n_iter
+            ), block
         both = self.has_lipschitz and self.has_distance
         for _ in range(n_iter if both else 1):
             if self.has_distance:

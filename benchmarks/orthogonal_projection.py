@@ -1,0 +1,94 @@
+"""Cost of mode="orthogonal", measured in one run.
+
+    python benchmarks/orthogonal_projection.py [--repeats 10] [--steps 30]
+
+1. One orthogonal projection (both constraints, one Dykstra round, then the
+   feasibility step) of a 64->64 3x3 CircularConv2D on a 32x32 input, as
+   compiled in the train step: the median over ``--repeats`` calls, with the
+   radial projection of the same kernel for comparison.
+2. The training-step ratio: five 64-channel 3x3 CircularConv2D layers (ReLU)
+   on 32x32x3 inputs and a Dense head, batch 128, `model.fit` on random
+   data, unconstrained and with `LipDist(1.0, 50, mode=..., every=15)` on
+   every kernel; mean step time over whole `every` periods.
+"""
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import keras_capacity as kc  # noqa: E402
+
+
+def projection_time(mode, repeats):
+    conv = kc.CircularConv2D(64, 3, use_bias=False,
+                             kernel_constraint=kc.LipDist(1.0, 50, mode=mode, n_iter=1))
+    kc.bind(keras.Sequential([keras.Input((32, 32, 64)), conv]))
+    constraint = conv.kernel_constraint
+    block = tf.convert_to_tensor(constraint.power_vectors)
+    project = tf.function(lambda kernel: constraint._projected(kernel, block, 1)[0])
+    kernel = tf.constant(1.5 * conv.kernel.numpy())
+    project(kernel).numpy()  # trace
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        project(kernel).numpy()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+class StepTimer(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.times = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.times.append(time.perf_counter() - self.start)
+
+
+def mean_step(mode, x, y, steps, warmup=3):
+    layers = [keras.Input((32, 32, 3))]
+    for _ in range(5):
+        constraint = kc.LipDist(1.0, 50, mode=mode, every=15) if mode else None
+        layers += [kc.CircularConv2D(64, 3, use_bias=False, kernel_constraint=constraint),
+                   keras.layers.ReLU()]
+    head = kc.LipDist(1.0, 50, mode=mode, every=15) if mode else None
+    layers += [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10, kernel_constraint=head)]
+    model = keras.Sequential(layers)
+    kc.bind(model)
+    model.compile(keras.optimizers.SGD(0.01, momentum=0.9),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    timer = StepTimer()
+    model.fit(x, y, batch_size=128, epochs=1, steps_per_epoch=warmup + steps, verbose=0,
+              callbacks=[timer])
+    return float(np.mean(timer.times[warmup:]))
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=30)
+    args = parser.parse_args()
+    orthogonal = projection_time("orthogonal", args.repeats)
+    radial = projection_time("radial", args.repeats)
+    print(f"one projection, 64->64 3x3 circular conv on 32x32: orthogonal "
+          f"{1000 * orthogonal:.1f} ms, radial {1000 * radial:.1f} ms")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((128 * (args.steps + 3), 32, 32, 3)).astype(np.float32)
+    y = rng.integers(0, 10, len(x))
+    base = mean_step(None, x, y, args.steps)
+    for mode in ("radial", "orthogonal"):
+        step = mean_step(mode, x, y, args.steps)
+        print(f"train step, every=15, {mode:10s}: {step:.4f} s vs {base:.4f} s unconstrained, "
+              f"ratio {step / base:.3f}")
+
+
+if __name__ == "__main__":
+    main()

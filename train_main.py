@@ -16,6 +16,7 @@ the same command resumes after the process is killed.
 import json
 import math
 import os
+import shutil
 import sys
 import time
 
@@ -294,7 +295,9 @@ def main(argv):
     log_dir = os.path.join(run_dir, "tensorboard") if chief else None
     logger = callbacks.CapacityLogger(log_dir, data.train, data.test, FLAGS.histogram_every)
     fit_callbacks = [
-        keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup")),
+        # Kept after fit, so a run killed before its summary resumes at the end.
+        keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup"),
+                                         delete_checkpoint=False),
         keras.callbacks.LearningRateScheduler(
             callbacks.epoch_schedule(schedule, FLAGS.lr, FLAGS.epochs, milestones, FLAGS.gamma)),
         logger,
@@ -342,6 +345,7 @@ def main(argv):
             "loss_gap": test_loss - train_loss,
         })
         runs.write_summary(run_dir, summary)
+        shutil.rmtree(os.path.join(run_dir, "backup"), ignore_errors=True)
     print(f"\nAfter a final projection ({FINAL_PROJECTION_ROUNDS} rounds):")
     print(table)
     print(f"train acc {train_acc:.4f}  test acc {test_acc:.4f}  gap {train_acc - test_acc:.4f}"

@@ -4,7 +4,7 @@ import math
 import warnings
 
 import keras
-from keras.src.models.functional import Functional
+from keras.src.models.functional import Functional  # what keras.Model(inputs, outputs) builds
 
 from keras_capacity import binding
 from keras_capacity.constraints import LipDist

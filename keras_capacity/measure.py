@@ -208,11 +208,7 @@ def _row(layer):
     distance = None
     build = layer.get_build_config() if layer.built else None
     shape = tuple(build["input_shape"]) if build else None
-    if isinstance(layer, capacity_layers.SimplexClassifier):
-        lip_bound = math.inf if layer.lip is None else layer.lip
-        dist_bound, distance = 0.0, 0.0
-        lipschitz = layer.lipschitz_constant
-    elif isinstance(layer, capacity_layers.PoolingShortcut):
+    if isinstance(layer, (capacity_layers.SimplexClassifier, capacity_layers.PoolingShortcut)):
         lip_bound = math.inf if layer.lip is None else layer.lip
         dist_bound, distance = 0.0, 0.0
         lipschitz = layer.lipschitz_constant
@@ -225,6 +221,7 @@ def _row(layer):
             distance = binding.distance(layer)
         else:
             lipschitz = _kernel_lipschitz(layer, shape)
+    # The documented tolerances; 1e-6 absolute lets dist = 0 absorb rounding.
     holds = lipschitz <= lip_bound * (1 + constraints.LIPSCHITZ_TOLERANCE) and (
         distance is None
         or distance <= dist_bound * (1 + constraints.DISTANCE_TOLERANCE) + 1e-6

@@ -17,6 +17,14 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
+@pytest.fixture(scope="session")
+def two_cpu_strategy():
+    """One MirroredStrategy over the two logical CPUs for the whole session:
+    separate instances in one process can reuse collective-op keys and then
+    mix up their all-reduces."""
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
 @pytest.fixture(autouse=True)
 def _seeded():
     keras.utils.set_random_seed(1234)

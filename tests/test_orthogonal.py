@@ -144,8 +144,8 @@ def test_refused_where_it_does_not_apply():
                     (2, 2, 3))
 
 
-def test_train_step_every_and_mirrored_strategy():
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def test_train_step_every_and_mirrored_strategy(two_cpu_strategy):
+    strategy = two_cpu_strategy
     with strategy.scope():
         conv = kc.CircularConv2D(4, 3, use_bias=False, kernel_constraint=kc.LipDist(
             0.8, 2.0, mode="orthogonal", n_iter=2, every=3))

@@ -126,10 +126,9 @@ def test_backup_and_restore_resumes_with_the_original_k0(tmp_path):
 
 
 @pytest.mark.slow
-def test_mirrored_strategy_keeps_replicas_identical_and_feasible():
-    devices = tf.config.list_logical_devices("CPU")[:2]
-    assert len(devices) == 2
-    strategy = tf.distribute.MirroredStrategy([d.name for d in devices])
+def test_mirrored_strategy_keeps_replicas_identical_and_feasible(two_cpu_strategy):
+    strategy = two_cpu_strategy
+    assert strategy.num_replicas_in_sync == 2
     with strategy.scope():
         model = build()
         kc.bind(model)

@@ -1,0 +1,411 @@
+"""Rademacher-complexity bounds of the paper's Table 1 (SPEC §6).
+
+Two parts, kept apart so that quantities measured elsewhere (by another
+implementation, say) can be plugged in and the bounds compared:
+
+* :class:`Quantities`, a plain record of what the bounds are made of, and
+  :func:`measure_quantities`, which measures it for a bound Keras model and
+  its training data (streamed, float64);
+* the bounds, pure functions of a :class:`Quantities` and the margin
+  ``gamma``: :data:`BOUNDS` maps their names to them, :func:`all_bounds`
+  evaluates them, :func:`bounds_over_margins` over a range of ``gamma``.
+
+The formulas are those of the reference implementation (Graf et al.,
+``bounds/rademacher_bounds.py``), which this module re-derives rather than
+copies. Where the reference has defects this module differs, on purpose:
+
+* a non-positive margin gives a ``RuntimeWarning`` and ``inf`` for the
+  margin-based bounds, not NaN or a negative bound;
+* nothing is mutated: the reference's Ledent bound overwrites the last
+  layer's Lipschitz constant, which changes every bound computed after it;
+  here every bound reads the same frozen record, in any order;
+* patch norms for Ledent's bounds come from one convolution with a ones
+  kernel per layer over the patches the layer really sees (with its
+  padding and stride), not a Python loop over truncated positions.
+
+Layers are the model's kernels in forward order, the classifier last; a
+Dense layer counts as a 1x1 convolution on a 1x1 input.
+"""
+
+import dataclasses
+import math
+import warnings
+
+import keras
+import numpy as np
+import scipy.special
+import tensorflow as tf
+
+from keras_capacity import binding, measure, operators
+
+
+@dataclasses.dataclass(frozen=True)
+class Quantities:
+    """What the bounds are made of, per network and per layer (float64).
+
+    Network: ``n`` training examples, ``num_classes``; of the training
+    inputs ``X`` (as the model sees them): ``data_norm`` ``||X||_F``,
+    ``data_max_abs`` ``max |X_ij|``, ``data_max_coordinate_norm`` (the
+    largest l2 norm of one input coordinate over the examples); ``margin``
+    ``gamma``, the smallest training margin ``v_y - max_{i != y} v_i``.
+
+    Per layer ``i`` (tuples, forward order): ``lipschitz`` ``s_i``;
+    ``dist21`` ``||K_i - K_i^0||_{2,1}`` (l2 over input channels, summed over
+    output channels and kernel positions: the constrained distance);
+    ``filter_dist21`` (l2 over each output filter, summed); ``norm_fro``,
+    ``dist_fro``; ``norm_1inf``, ``dist_1inf`` (the largest l1 norm of one
+    output filter); ``params`` ``W_i``; ``input_sizes`` ``d_i`` (input width);
+    ``kernel_sizes`` ``k_i``; ``strides``; ``in_channels``;
+    ``filter_norm_max`` (the largest Frobenius norm of one output filter);
+    ``patch_norms`` (the largest l2 norm of an input patch the layer sees).
+    """
+
+    n: int
+    num_classes: int
+    data_norm: float
+    data_max_abs: float
+    data_max_coordinate_norm: float
+    margin: float
+    lipschitz: tuple
+    dist21: tuple
+    filter_dist21: tuple
+    norm_fro: tuple
+    dist_fro: tuple
+    norm_1inf: tuple
+    dist_1inf: tuple
+    params: tuple
+    input_sizes: tuple
+    kernel_sizes: tuple
+    strides: tuple
+    in_channels: tuple
+    filter_norm_max: tuple
+    patch_norms: tuple
+
+    @property
+    def depth(self):
+        return len(self.lipschitz)
+
+    def array(self, name):
+        """A per-layer field as a float64 array."""
+        return np.asarray(getattr(self, name), np.float64)
+
+
+# ----------------------------------------------------------------- bounds
+
+
+def _checked_margin(gamma):
+    if not gamma > 0:
+        warnings.warn(
+            f"The margin gamma={gamma} is not positive: margin-based bounds are inf "
+            "(the network misclassifies a training example).", RuntimeWarning, stacklevel=3,
+        )
+        return None
+    return float(gamma)
+
+
+def _c_tilde(q, gamma):
+    """``C_i = 4/gamma ||X||/sqrt(n) prod(s) b_i / s_i`` (Theorem 3.5)."""
+    s = q.array("lipschitz")
+    return 4 / gamma * q.data_norm / math.sqrt(q.n) * np.prod(s) * q.array("dist21") / s
+
+
+def ours_norms(q, gamma):
+    """Graf et al. 2022, Theorem 3.5, first bound:
+    ``4/n + 12 log(n)/sqrt(n) sqrt(log(2W)) (sum_i C_i^(2/3))^(3/2)``,
+    ``W = max_i W_i``."""
+    if _checked_margin(gamma) is None:
+        return math.inf
+    c = _c_tilde(q, gamma)
+    norms = np.sum(c ** (2 / 3)) ** 1.5
+    params = math.sqrt(math.log(2 * max(q.params)))
+    return 4 / q.n + 12 * math.log(q.n) / math.sqrt(q.n) * params * norms
+
+
+def ours_params(q, gamma):
+    """Graf et al. 2022, Theorem 3.5, second bound:
+    ``12/sqrt(n) sqrt(sum_i 2 W_i (log(1 + (L C_i)^2) + psi((L C_i)^2)))``,
+    ``psi(x) = zeta(3/2)^(1/3) zeta(3/2, 1 + 1/x)`` (Hurwitz zeta)."""
+    if _checked_margin(gamma) is None:
+        return math.inf
+    lc2 = (q.depth * _c_tilde(q, gamma)) ** 2
+    with np.errstate(divide="ignore"):
+        psi = scipy.special.zeta(1.5, 1) ** (1 / 3) * scipy.special.zeta(1.5, 1 + 1 / lc2)
+    terms = 2 * q.array("params") * (np.log1p(lc2) + np.nan_to_num(psi))
+    return 12 / math.sqrt(q.n) * math.sqrt(np.sum(terms))
+
+
+def _output_sizes(q):
+    """``d_{i+1}``: the next layer's input width, 1 after the last."""
+    return np.append(q.array("input_sizes")[1:], 1.0)
+
+
+def bartlett(q, gamma):
+    """Bartlett, Foster & Telgarsky 2017, Lemma A.8, on the convolutions'
+    matrices: ``C_i`` times ``d_{i+1}^2 / k_i``, and
+    ``W = max_i W_i (d_i d_{i+1} / k_i)^2``."""
+    if _checked_margin(gamma) is None:
+        return math.inf
+    d_out, k = _output_sizes(q), q.array("kernel_sizes")
+    c = _c_tilde(q, gamma) * d_out ** 2 / k
+    width = np.max(q.array("params") * (q.array("input_sizes") * d_out / k) ** 2)
+    norms = np.sum(c ** (2 / 3)) ** 1.5
+    return 4 / q.n + 12 * math.log(q.n) / math.sqrt(q.n) * math.sqrt(math.log(2 * width)) * norms
+
+
+def _ledent_dists_and_lips(q):
+    """Ledent et al.'s per-filter distances and Lipschitz constants; the
+    classifier enters with its Frobenius norm and largest filter norm."""
+    dists = q.array("filter_dist21").copy()
+    lips = q.array("lipschitz").copy()
+    dists[-1], lips[-1] = q.norm_fro[-1], q.filter_norm_max[-1]
+    return dists, lips
+
+
+def _ledent_bound(q, r, log_factor):
+    d_out = _output_sizes(q)
+    channels_out = np.append(q.array("in_channels")[1:], q.num_classes)
+    big_r = np.sum(r ** (2 / 3)) ** 1.5
+    big_gamma = np.max(r * d_out ** 2 * channels_out)
+    width = np.max(d_out ** 2 * channels_out)
+    root = math.sqrt(math.log2(32 * big_gamma * q.n ** 2 + 7 * width * q.n))
+    return 4 / q.n + 768 * big_r * root * log_factor
+
+
+def ledent_main(q, gamma):
+    """Ledent, Mustafa, Lei & Kloft 2021, Theorem 11: ``r_i = b_i rho_i a_i``
+    with ``b_i`` the largest input-patch norm of layer ``i``, ``a_i`` its
+    per-filter distance and ``rho_i = max_{j > i} d_{i+1} prod_{i<l<=j} s_l /
+    b_{j+1}`` (``b_{L+1} = gamma``); bound
+    ``4/n + 768 R sqrt(log2(32 Gamma n^2 + 7 W n)) log(n)/sqrt(n)``."""
+    if _checked_margin(gamma) is None:
+        return math.inf
+    dists, _ = _ledent_dists_and_lips(q)
+    lips = q.array("lipschitz")
+    b = np.append(q.array("patch_norms"), gamma)
+    d = q.array("input_sizes")
+    depth = q.depth
+    rho = [max(np.prod(lips[i + 1: j + 1]) / b[j + 1] * d[i + 1] for j in range(i + 1, depth))
+           for i in range(depth - 1)]
+    rho.append(b[-2] / b[-1])
+    r = b[:-1] * np.asarray(rho) * dists
+    return _ledent_bound(q, r, math.log(q.n) / math.sqrt(q.n))
+
+
+def ledent_fixed_constraints(q, gamma):
+    """Ledent et al. 2021, Section E (Lipschitz constraints on every layer):
+    ``r_i = X_0/gamma prod(s) a_i / s_i d_{i+1}``, ``X_0`` the largest input
+    patch norm; bound ``4/n + 768 R sqrt(log2(32 Gamma n^2 + 7 W n))`` (as
+    the reference, without the ``log(n)/sqrt(n)`` factor)."""
+    if _checked_margin(gamma) is None:
+        return math.inf
+    dists, lips = _ledent_dists_and_lips(q)
+    r = q.patch_norms[0] / gamma * np.prod(lips) * dists / lips * _output_sizes(q)
+    return _ledent_bound(q, r, 1.0)
+
+
+def lin(q, gamma):
+    """Lin & Zhang 2019, Lemma 18:
+    ``16/sqrt(n) (2/gamma ||X||/sqrt(n) prod(s) L^2 sum_i W_i^2 d_i/t_i ||K_i||_F / s_i)^(1/4)``."""
+    if _checked_margin(gamma) is None:
+        return math.inf
+    s = q.array("lipschitz")
+    summands = q.array("params") ** 2 * q.array("input_sizes") / q.array("strides") \
+        * q.array("norm_fro") / s
+    root = 2 / gamma * q.data_norm / math.sqrt(q.n) * np.prod(s) * q.depth ** 2 * np.sum(summands)
+    return 16 * root ** 0.25 / math.sqrt(q.n)
+
+
+def _input_dimension(q):
+    return q.in_channels[0] * q.input_sizes[0] ** 2
+
+
+def neyshabur_1inf(q, gamma=None):
+    """Neyshabur, Tomioka & Srebro 2015, Corollary 2, (1,inf) norms:
+    ``2^L K prod ||K_i||_{1,inf} sqrt(log(2 D)) max|X| / sqrt(n)``."""
+    return (2 ** q.depth * q.num_classes * np.prod(q.array("norm_1inf"))
+            * math.sqrt(math.log(2 * _input_dimension(q))) * q.data_max_abs / math.sqrt(q.n))
+
+
+def golowich_1inf(q, gamma=None):
+    """Golowich, Rakhlin & Shamir 2018, Theorem 2:
+    ``2 K prod ||K_i||_{1,inf} sqrt(L + 1 + log D) sqrt(max_j ||X_j|| / n) / sqrt(n)``."""
+    return (2 * q.num_classes * np.prod(q.array("norm_1inf"))
+            * math.sqrt(q.depth + 1 + math.log(_input_dimension(q)))
+            * math.sqrt(q.data_max_coordinate_norm / q.n) / math.sqrt(q.n))
+
+
+def gouk_1inf(q, gamma=None):
+    """Gouk, Hospedales & Pontil 2021, Theorem 1:
+    ``2^(L+1) K prod ||K_i||_{1,inf} log(D) sum_i dist_i/norm_i max|X| / sqrt(n)``."""
+    ratio = np.sum(q.array("dist_1inf") / q.array("norm_1inf"))
+    return (2 ** (q.depth + 1) * q.num_classes * np.prod(q.array("norm_1inf"))
+            * math.log(_input_dimension(q)) * ratio * q.data_max_abs / math.sqrt(q.n))
+
+
+def _frobenius_product(q):
+    return np.prod(q.array("norm_fro") * q.array("input_sizes") / q.array("strides"))
+
+
+def neyshabur_fro(q, gamma=None):
+    """Neyshabur et al. 2015, Corollary 2, Frobenius norms of the matrices:
+    ``2^(L-1) K ||X||/sqrt(2n) prod ||K_i||_F d_i/t_i / sqrt(n)``."""
+    return (2 ** (q.depth - 1) * q.num_classes * q.data_norm / math.sqrt(2 * q.n)
+            * _frobenius_product(q) / math.sqrt(q.n))
+
+
+def golowich_fro(q, gamma=None):
+    """Golowich et al. 2018, Theorem 1:
+    ``K ||X||/sqrt(n) prod ||K_i||_F d_i/t_i (1 + sqrt(2 log(2) L)) / sqrt(n)``."""
+    return (q.num_classes * q.data_norm / math.sqrt(q.n) * _frobenius_product(q)
+            * (1 + math.sqrt(2 * math.log(2) * q.depth)) / math.sqrt(q.n))
+
+
+def gouk_fro(q, gamma=None):
+    """Gouk et al. 2021, Theorem 2, in logarithms for range:
+    ``2^(L+1/2) K ||X||/sqrt(n) prod_i (d_i^2/t_i sqrt(c_i) ||K_i||_F)
+    sum_i dist_i / (||K_i||_F prod_{j<=i} d_j sqrt(c_j)) / sqrt(n)``."""
+    d, c = q.array("input_sizes"), q.array("in_channels")
+    log_bound = math.log(2 ** (q.depth + 0.5) * q.num_classes * q.data_norm / math.sqrt(q.n))
+    log_bound += np.sum(np.log(d ** 2 / q.array("strides") * np.sqrt(c) * q.array("norm_fro")))
+    prefix = np.cumprod(d * np.sqrt(c))
+    distances = np.sum(q.array("dist_fro") / q.array("norm_fro") / prefix)
+    if distances == 0:  # every kernel at K0
+        return 0.0
+    log_bound += math.log(distances)
+    return math.exp(log_bound - 0.5 * math.log(q.n))
+
+
+# Ours first, then the others in the order of the paper's Table 1.
+BOUNDS = {
+    "ours_norms": ours_norms, "ours_params": ours_params, "bartlett": bartlett,
+    "ledent_main": ledent_main, "ledent_fixed_constraints": ledent_fixed_constraints,
+    "lin": lin, "neyshabur_1inf": neyshabur_1inf, "golowich_1inf": golowich_1inf,
+    "gouk_1inf": gouk_1inf, "neyshabur_fro": neyshabur_fro, "golowich_fro": golowich_fro,
+    "gouk_fro": gouk_fro,
+}
+
+
+def all_bounds(q, gamma=None):
+    """``{name: bound}`` for every bound, at ``gamma`` (default: ``q.margin``)."""
+    gamma = q.margin if gamma is None else gamma
+    return {name: float(bound(q, gamma)) for name, bound in BOUNDS.items()}
+
+
+def bounds_over_margins(q, gammas):
+    """``{name: [bound at each gamma]}``; margin-free bounds are constant."""
+    gammas = [float(g) for g in gammas]
+    return {name: [float(bound(q, g)) for g in gammas] for name, bound in BOUNDS.items()}
+
+
+# -------------------------------------------------------------- measuring
+
+
+def _kernel_layers(model):
+    layers = [layer for layer in binding._walk_layers(model)
+              if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D))]
+    missing = [layer.name for layer in layers if binding._kernel_lipdist(layer) is None
+               and not hasattr(layer, "lipschitz_constant")]
+    if not layers or missing:
+        raise ValueError(
+            "measure_quantities needs every Dense/Conv2D layer to have a bound LipDist "
+            f"(for K0); missing on {missing or 'all (none found)'}. Call keras_capacity.bind."
+        )
+    return layers
+
+
+def _as_conv_kernel(kernel):
+    kernel = np.asarray(kernel, np.float64)
+    return kernel.reshape(1, 1, *kernel.shape) if kernel.ndim == 2 else kernel
+
+
+def _layer_record(layer):
+    kernel = _as_conv_kernel(layer.kernel.numpy())
+    constraint = binding._kernel_lipdist(layer)
+    initial = kernel if constraint is None else _as_conv_kernel(constraint.initial_kernel.numpy())
+    delta = kernel - initial
+    filters = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731  (kh kw in, out)
+    geometry = constraint.geometry if constraint is not None else operators.OperatorGeometry("dense")
+    dense = geometry.kind == operators.DENSE
+    return {
+        "lipschitz": binding.lipschitz(layer),
+        "dist21": float(np.linalg.norm(delta, axis=2).sum()),
+        "filter_dist21": float(np.linalg.norm(filters(delta), axis=0).sum()),
+        "norm_fro": float(np.linalg.norm(kernel)),
+        "dist_fro": float(np.linalg.norm(delta)),
+        "norm_1inf": float(np.abs(filters(kernel)).sum(axis=0).max()),
+        "dist_1inf": float(np.abs(filters(delta)).sum(axis=0).max()),
+        "params": int(kernel.size),
+        "input_sizes": 1 if dense else int(geometry.input_size[1]),
+        "kernel_sizes": 1 if dense else int(kernel.shape[1]),
+        "strides": 1 if dense else int(geometry.strides[1]),
+        "in_channels": int(kernel.shape[2]),
+        "filter_norm_max": float(np.linalg.norm(filters(kernel), axis=0).max()),
+    }
+
+
+def _patch_norm_squares(layer, inputs):
+    """The squared l2 norm of every input patch the layer sees, by one
+    convolution of the squared (padded) input with a ones kernel."""
+    if isinstance(layer, keras.layers.Dense):
+        flat = tf.reshape(tf.cast(inputs, tf.float64), (tf.shape(inputs)[0], -1))
+        return tf.reduce_sum(flat ** 2, axis=1)
+    x = tf.cast(inputs, tf.float64) ** 2
+    kh, kw = layer.kernel_size
+    if getattr(layer, "padding", None) == "circular" or type(layer).__name__ == "CircularConv2D":
+        x = operators.circular_pad(x, layer.kernel_size, layer.dilation_rate, (1, 2))
+    elif layer.padding == "same":
+        x = tf.pad(x, [[0, 0], [(kh - 1) // 2, kh // 2], [(kw - 1) // 2, kw // 2], [0, 0]])
+    ones = tf.ones((kh, kw, x.shape[-1], 1), tf.float64)
+    return tf.nn.conv2d(x, ones, strides=layer.strides, padding="VALID",
+                        dilations=layer.dilation_rate)
+
+
+def _batches(data, labels, batch_size):
+    if labels is not None:
+        data = np.asarray(data)
+        labels = np.asarray(labels)
+        return [(data[i:i + batch_size], labels[i:i + batch_size])
+                for i in range(0, len(data), batch_size)]
+    return data
+
+
+def measure_quantities(model, data, labels=None, num_classes=None, batch_size=256):
+    """Measures a :class:`Quantities` for a bound model and its training data.
+
+    ``data`` is an array of inputs with ``labels``, or a ``tf.data.Dataset``
+    of ``(inputs, labels)`` batches; it is streamed batch by batch (the
+    activations of each layer for one batch at a time). ``num_classes``
+    defaults to the model's output width.
+    """
+    layers = _kernel_layers(model)
+    records = [_layer_record(layer) for layer in layers]
+    if isinstance(model, keras.Sequential) or hasattr(model, "operations"):
+        inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+        probes = keras.Model(inputs, [layer.input for layer in layers])
+    else:
+        raise ValueError("measure_quantities needs a Sequential or functional model.")
+    n, square_sum, max_abs, coordinate_squares, margin = 0, 0.0, 0.0, None, math.inf
+    patch = np.zeros(len(layers))
+    for inputs, targets in _batches(data, labels, batch_size):
+        inputs = np.asarray(inputs, np.float64)
+        flat = inputs.reshape(len(inputs), -1)
+        n += len(inputs)
+        square_sum += float(np.sum(flat ** 2))
+        max_abs = max(max_abs, float(np.abs(flat).max()))
+        squares = np.sum(flat ** 2, axis=0)
+        coordinate_squares = squares if coordinate_squares is None else coordinate_squares + squares
+        margin = min(margin, float(measure.margins(
+            model, [(inputs.astype(np.float32), np.asarray(targets))]).min()))
+        activations = probes(inputs.astype(np.float32), training=False)
+        activations = activations if isinstance(activations, (list, tuple)) else [activations]
+        for i, (layer, activation) in enumerate(zip(layers, activations)):
+            patch[i] = max(patch[i], float(tf.reduce_max(_patch_norm_squares(layer, activation))))
+    if n == 0:
+        raise ValueError("measure_quantities: the data is empty.")
+    per_layer = {key: tuple(r[key] for r in records) for key in records[0]}
+    return Quantities(
+        n=n, num_classes=int(num_classes or model.output_shape[-1]),
+        data_norm=math.sqrt(square_sum), data_max_abs=max_abs,
+        data_max_coordinate_norm=float(np.sqrt(coordinate_squares.max())),
+        margin=margin, patch_norms=tuple(float(np.sqrt(p)) for p in patch), **per_layer,
+    )

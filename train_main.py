@@ -234,6 +234,21 @@ def write_hparams(log_dir, values, metrics):
             tf.summary.scalar(f"final/{name}", value, step=0)
 
 
+def write_capacity_report(run_dir, model, data):
+    """The run is complete once summary.json exists; a report that fails
+    says so and leaves it as it is (rerun `python -m keras_capacity.report`)."""
+    from keras_capacity import report
+
+    try:
+        report.write_report(run_dir, model, data)
+    except Exception as error:  # noqa: BLE001  the training result must survive
+        print(f"The capacity report failed ({type(error).__name__}: {error}); the run "
+              f"itself is complete. Retry: python -m keras_capacity.report {run_dir}",
+              file=sys.stderr)
+    else:
+        print(f"capacity report: {run_dir}/report.md")
+
+
 def main(argv):
     if len(argv) > 1:
         _usage(f"Unexpected arguments {argv[1:]}; every setting is a --flag.")
@@ -346,6 +361,7 @@ def main(argv):
         })
         runs.write_summary(run_dir, summary)
         shutil.rmtree(os.path.join(run_dir, "backup"), ignore_errors=True)
+        write_capacity_report(run_dir, model, data)
     print(f"\nAfter a final projection ({FINAL_PROJECTION_ROUNDS} rounds):")
     print(table)
     print(f"train acc {train_acc:.4f}  test acc {test_acc:.4f}  gap {train_acc - test_acc:.4f}"

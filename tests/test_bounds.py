@@ -218,3 +218,24 @@ def test_needs_bound_kernels():
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     with pytest.raises(ValueError, match="bound LipDist"):
         bounds.measure_quantities(model, np.zeros((2, 4)), np.zeros(2, int))
+
+
+def test_certified_accuracy_and_its_guarantee():
+    from keras_capacity import report
+
+    shares = report.certified_accuracy([-1.0, 0.5, 2.0, 4.0], lipschitz=2.0, radii=(0.0, 0.5, 1.0, 2.0))
+    # radii m / (sqrt(2) L): 0.177, 0.707, 1.414; the misclassified point never counts.
+    assert shares == {0.0: 0.75, 0.5: 0.5, 1.0: 0.25, 2.0: 0.0}
+    keras.utils.set_random_seed(3)
+    model = small_network()
+    x, y = data(model, count=20)
+    scores = np.asarray(model(x), np.float64)
+    top2 = np.sort(scores, axis=1)
+    margin = top2[:, -1] - top2[:, -2]
+    lip = kc.network_lipschitz(model)
+    rng = np.random.default_rng(0)
+    for i in range(20):  # any perturbation inside the certified radius keeps the class
+        direction = rng.standard_normal((50, 8, 8, 2))
+        direction /= np.linalg.norm(direction.reshape(50, -1), axis=1)[:, None, None, None]
+        moved = x[i] + 0.999 * margin[i] / (np.sqrt(2) * lip) * direction
+        assert (np.asarray(model(moved.astype(np.float32))).argmax(axis=1) == y[i]).all()

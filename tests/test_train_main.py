@@ -71,6 +71,18 @@ def test_flag_file_and_bundled_data(tmp_path):
     tensorboard = run_dir / "tensorboard"
     assert {"layers", "gaps", "margins", "hparams", "train"} <= set(os.listdir(tensorboard))
     assert "block3_conv1" in os.listdir(tensorboard / "layers")
+    # The capacity report: its table is the summary's, its figures are PNGs.
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["layers"] == summary["layers"] and len(report["bounds"]) == 12
+    assert "## Bounds" in (run_dir / "report.md").read_text()
+    import tensorflow as tf
+    for figure in ("constraints.png", "bounds.png", "margins.png"):
+        image = tf.io.decode_png(tf.io.read_file(str(run_dir / figure)))
+        assert image.shape[0] > 100 and image.shape[1] > 100
+    cli = subprocess.run([sys.executable, "-m", "keras_capacity.report", str(run_dir)], cwd=ROOT,
+                         env=environment(), capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    assert json.loads((run_dir / "report.json").read_text())["bounds"] == report["bounds"]
     # Reproducing: the saved flag file with the same directory is a finished run.
     again = run([f"--flagfile={run_dir / 'flags.txt'}", f"--logdir={run_dir}"])
     assert again.returncode == 0 and "finished run" in again.stdout

@@ -166,6 +166,16 @@ def is_chief(config):
     return task["type"] == "worker" and task["index"] == 0
 
 
+def backup_dir(run_dir, config):
+    """Where this process keeps its BackupAndRestore files: workers other
+    than the chief each keep their own (Keras 3 would have them all write
+    one file), inside the chief's folder so it is removed with it."""
+    folder = os.path.join(run_dir, "backup")
+    if is_chief(config):
+        return folder
+    return os.path.join(folder, f"{config['task']['type']}{config['task']['index']}")
+
+
 def build_model(num_classes, image_shape, lip, dist):
     if FLAGS.n_proj == 0:
         lip = dist = (math.inf,) * 4
@@ -311,8 +321,7 @@ def main(argv):
     logger = callbacks.CapacityLogger(log_dir, data.train, data.test, FLAGS.histogram_every)
     fit_callbacks = [
         # Kept after fit, so a run killed before its summary resumes at the end.
-        keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup"),
-                                         delete_checkpoint=False),
+        keras.callbacks.BackupAndRestore(backup_dir(run_dir, config), delete_checkpoint=False),
         keras.callbacks.LearningRateScheduler(
             callbacks.epoch_schedule(schedule, FLAGS.lr, FLAGS.epochs, milestones, FLAGS.gamma)),
         logger,

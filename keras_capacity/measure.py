@@ -289,6 +289,24 @@ def format_table(rows):
 # ------------------------------------------------------ margins, complexity
 
 
+def margins_of_scores(scores, labels):
+    """``v_y - max_{i != y} v_i`` for a batch of scores ``(batch, classes)``
+    and integer labels, as float64 numpy."""
+    scores = np.array(scores, np.float64)
+    labels = np.asarray(labels).astype(np.int64).reshape(-1)
+    if scores.ndim != 2 or labels.shape[0] != scores.shape[0]:
+        raise ValueError(
+            f"margins: expected scores (batch, classes) and one label per "
+            f"example, got scores {scores.shape} and labels {labels.shape}."
+        )
+    if labels.min() < 0 or labels.max() >= scores.shape[1]:
+        raise ValueError(f"margins: labels must lie in [0, {scores.shape[1]}).")
+    rows = np.arange(len(labels))
+    own = scores[rows, labels]
+    scores[rows, labels] = -np.inf
+    return own - scores.max(axis=1)
+
+
 def margins(model, data, labels=None, batch_size=256):
     """``v_y - max_{i != y} v_i`` for every example, as float64 numpy.
 
@@ -299,21 +317,8 @@ def margins(model, data, labels=None, batch_size=256):
     if labels is not None:
         data = [(data[i:i + batch_size], labels[i:i + batch_size])
                 for i in range(0, len(data), batch_size)]
-    result = []
-    for inputs, targets in data:
-        scores = np.asarray(model(inputs, training=False), np.float64)
-        targets = np.asarray(targets).astype(np.int64).reshape(-1)
-        if scores.ndim != 2 or targets.shape[0] != scores.shape[0]:
-            raise ValueError(
-                f"margins: expected scores (batch, classes) and one label per "
-                f"example, got scores {scores.shape} and labels {targets.shape}."
-            )
-        if targets.min() < 0 or targets.max() >= scores.shape[1]:
-            raise ValueError(f"margins: labels must lie in [0, {scores.shape[1]}).")
-        rows = np.arange(len(targets))
-        own = scores[rows, targets]
-        scores[rows, targets] = -np.inf
-        result.append(own - scores.max(axis=1))
+    result = [margins_of_scores(model(inputs, training=False), targets)
+              for inputs, targets in data]
     return np.concatenate(result) if result else np.zeros(0)
 
 

@@ -195,6 +195,17 @@ def _input_size(layer, constraint):
     return "x".join(str(d) for d in (shape[1:3] if len(shape) == 4 else shape[-1:]))
 
 
+def constraint_status(lipschitz, lip_bound, distance, dist_bound):
+    """``(Lipschitz holds, distance holds)``, each ``None`` where there is no
+    constraint (or no ``K0``), to the documented tolerances; 1e-6 absolute
+    lets ``dist = 0`` absorb rounding."""
+    lip_ok = None if lip_bound in (None, math.inf) else bool(
+        lipschitz <= lip_bound * (1 + constraints.LIPSCHITZ_TOLERANCE))
+    dist_ok = None if dist_bound in (None, math.inf) or distance is None else bool(
+        distance <= dist_bound * (1 + constraints.DISTANCE_TOLERANCE) + 1e-6)
+    return lip_ok, dist_ok
+
+
 def own_parameters(layer):
     """The layer's parameter count without its ``LipDist``'s state (``K0``
     and the tracked directions, which ``count_params`` includes)."""
@@ -221,11 +232,8 @@ def _row(layer):
             distance = binding.distance(layer)
         else:
             lipschitz = _kernel_lipschitz(layer, shape)
-    # The documented tolerances; 1e-6 absolute lets dist = 0 absorb rounding.
-    holds = lipschitz <= lip_bound * (1 + constraints.LIPSCHITZ_TOLERANCE) and (
-        distance is None
-        or distance <= dist_bound * (1 + constraints.DISTANCE_TOLERANCE) + 1e-6
-    )
+    lip_ok, dist_ok = constraint_status(lipschitz, lip_bound, distance, dist_bound)
+    holds = lip_ok is not False and dist_ok is not False
     strides = getattr(layer, "strides", None)
     return {
         "name": layer.name,

@@ -40,6 +40,13 @@ def _number(value):
     return "inf" if value is None or value == math.inf else f"{value:.4g}"
 
 
+def _holds(row):
+    """``(Lipschitz, distance)`` each ``"yes"``, ``"NO"`` or ``"-"`` (no constraint)."""
+    status = measure.constraint_status(row["lipschitz"], row["lip_constraint"],
+                                       row["distance"], row["dist_constraint"])
+    return tuple("-" if ok is None else ("yes" if ok else "NO") for ok in status)
+
+
 def _figures(run_dir, rows, curves, train_margins, test_margins):
     import matplotlib
 
@@ -91,13 +98,15 @@ def _markdown(summary, rows, values, quantities, certified):
              f"{'yes' if summary['all_constraints_hold'] else 'NO'}", "",
              "## Layers", "",
              "| layer | kind | Lipschitz bound | Lipschitz | holds | distance bound | distance |"
-             " parameters |",
-             "|---|---|---|---|---|---|---|---|"]
+             " holds | parameters |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        lip_holds, dist_holds = _holds(r)
         lines.append(f"| {r['name']} | {r['kind']} | {_number(r['lip_constraint'])} | "
-                     f"{_number(r['lipschitz'])} | {'yes' if r['holds'] else 'NO'} | "
+                     f"{_number(r['lipschitz'])} | {lip_holds} | "
                      f"{_number(r['dist_constraint'])} | "
-                     f"{'-' if r['distance'] is None else _number(r['distance'])} | {r['params']} |")
+                     f"{'-' if r['distance'] is None else _number(r['distance'])} | "
+                     f"{dist_holds} | {r['params']} |")
     lines += ["", f"## Bounds (at the smallest training margin gamma = {quantities.margin:.4g})", "",
               "| bound | value |", "|---|---|"]
     lines += [f"| {name} | {_number(value)} |" for name, value in values.items()]

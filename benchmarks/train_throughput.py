@@ -5,8 +5,8 @@
 simple_convnet6 with 64 channels, batch 128, on CIFAR-shaped data (the
 bundled shapes10 images through `keras_capacity.data.load`, the training
 program's pipeline). Prints images/s for: unconstrained; the reference's
-settings (lip 2.0,0.8,1.4,1.0, dist 90,90,90,90, radial, proj_freq 15,
-n_proj 1); unconstrained fed from one batch already in memory (the
+settings (lip 2.0,0.8,1.4,1.0, dist 90,90,90,90, proj_freq 15, n_proj 1)
+with the radial and with the orthogonal projection; unconstrained fed from one batch already in memory (the
 pipeline's cost is the gap to this); and the ratios, each the median over
 interleaved rounds of the ratio within a round. Throughput is the batch size
 over the mean step time after the first epoch (tracing), projecting steps
@@ -74,6 +74,8 @@ def main():
         "unconstrained, pipeline": lambda: images_per_second(pipeline, args.epochs),
         "reference settings (radial, proj_freq 15), pipeline":
             lambda: images_per_second(pipeline, args.epochs, **reference),
+        "reference settings (orthogonal, proj_freq 15), pipeline":
+            lambda: images_per_second(pipeline, args.epochs, **{**reference, "mode": "orthogonal"}),
         "unconstrained, one batch in memory":
             lambda: images_per_second(in_memory, args.epochs),
     }

@@ -269,7 +269,6 @@ def main(argv):
 
     split_cpu(FLAGS.cpu_devices)
     import keras
-    import tensorflow as tf
 
     import keras_capacity as kc
     from keras_capacity import callbacks, measure

@@ -5,7 +5,6 @@ operator matrix; refused where it does not apply; in the train step."""
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras_capacity as kc
 from keras_capacity import constraints

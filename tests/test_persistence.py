@@ -9,7 +9,6 @@ import textwrap
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras_capacity as kc
 from keras_capacity.constraints import DISTANCE_TOLERANCE, LIPSCHITZ_TOLERANCE

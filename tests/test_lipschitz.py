@@ -39,7 +39,8 @@ def test_circular_lipschitz_equals_dense_operator_norm(size, kernel_size, stride
         (*size, 3),
     )
     expected = np.linalg.norm(operator_matrix(layer, (*size, 3)), 2)
-    np.testing.assert_allclose(kc.lipschitz(layer), expected, rtol=1e-4)
+    # Stride 2 on 7x9 does not divide: converged Lanczos; otherwise the FFT.
+    np.testing.assert_allclose(kc.lipschitz(layer), expected, rtol=1e-5)
 
 
 def test_circular_stride1_fft_is_exact():

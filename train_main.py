@@ -349,7 +349,7 @@ def main(argv):
         "test_loss": test_loss, "test_accuracy": test_acc,
         "loss_gap": test_loss - train_loss, "accuracy_gap": train_acc - test_acc,
         "all_constraints_hold": all(r["holds"] for r in rows),
-        "network_lipschitz": measure.network_lipschitz(model),
+        "network_lipschitz": measure.network_lipschitz(model, measure.kernel_norms(rows)),
         "spectral_complexity": measure.spectral_complexity(model, rows),
         "test_margins": callbacks.margins_summary(test_margins),
         "layers": [{k: _json_number(v) for k, v in r.items()} for r in rows],

@@ -37,6 +37,7 @@ import scipy.special
 import tensorflow as tf
 
 from keras_capacity import binding, measure, operators
+from keras_capacity import layers as capacity_layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -351,7 +352,7 @@ def _patch_norm_squares(layer, inputs):
     if isinstance(layer, keras.layers.Dense):
         return tf.reduce_sum(tf.reshape(x, (tf.shape(x)[0], -1)), axis=1)
     kh, kw = layer.kernel_size
-    if type(layer).__name__ == "CircularConv2D":
+    if isinstance(layer, capacity_layers.CircularConv2D):
         x = operators.circular_pad(x, layer.kernel_size, layer.dilation_rate, (1, 2))
     elif layer.padding == "same":
         x = tf.pad(x, [[0, 0], [(kh - 1) // 2, kh // 2], [(kw - 1) // 2, kw // 2], [0, 0]])

@@ -89,20 +89,31 @@ def _kernel_lipschitz(layer, input_shape):
     return spectral.spectral_norm(layer.kernel.numpy(), geometry)
 
 
-def layer_lipschitz(layer, input_shape):
+def _measured_kernel_norm(layer, input_shape, kernel_norms):
+    """The kernel's norm from ``kernel_norms`` (a :func:`layer_table`'s),
+    when it was measured on this same input shape; else computed."""
+    build = layer.get_build_config() if layer.built else None
+    same_input = build and tuple(build["input_shape"][1:]) == tuple(input_shape[1:])
+    if kernel_norms and same_input and layer.name in kernel_norms:
+        return kernel_norms[layer.name]
+    return _kernel_lipschitz(layer, input_shape)
+
+
+def layer_lipschitz(layer, input_shape, kernel_norms=None):
     """The Lipschitz constant (l2) of one layer on inputs of ``input_shape``.
 
     Any layer can state its own as a ``lipschitz_constant`` attribute
     (:class:`SimplexClassifier`, :class:`PoolingShortcut`, :class:`GroupSort`
     do); a layer without a known constant is a ``ValueError``.
+    ``kernel_norms`` (``{layer name: norm}``) reuses norms already measured.
     """
     if hasattr(layer, "lipschitz_constant"):
         return float(layer.lipschitz_constant)
     if isinstance(layer, keras.Model):
-        return network_lipschitz(layer)
+        return network_lipschitz(layer, kernel_norms)
     if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D)):
         own = activation_lipschitz(layer.activation, repr(layer.name))
-        return _kernel_lipschitz(layer, input_shape) * own
+        return _measured_kernel_norm(layer, input_shape, kernel_norms) * own
     if isinstance(layer, keras.layers.BatchNormalization):
         return batch_norm_lipschitz(layer)
     if isinstance(layer, keras.layers.Activation):
@@ -140,9 +151,19 @@ def _merge(layer, bounds):
     )
 
 
-def network_lipschitz(model):
+def kernel_norms(rows):
+    """``{layer name: Lipschitz constant}`` of a :func:`layer_table`, for
+    :func:`network_lipschitz` to reuse; ``None`` if names repeat."""
+    names = [r["name"] for r in rows]
+    if len(set(names)) < len(names):
+        return None
+    return {r["name"]: r["lipschitz"] for r in rows}
+
+
+def network_lipschitz(model, kernel_norms=None):
     """An upper bound on the l2 Lipschitz constant of ``model``'s map, from
-    its layers' constants along its graph (float).
+    its layers' constants along its graph (float). ``kernel_norms`` (see
+    :func:`kernel_norms`) reuses spectral norms measured for a layer table.
 
     For a chain of layers this is the product of their constants; for a
     pre-activation residual block ``shortcut + s1 * s2`` (times the
@@ -153,7 +174,7 @@ def network_lipschitz(model):
     if isinstance(model, keras.Sequential):
         bound = 1.0
         for layer in model.layers:
-            bound *= layer_lipschitz(layer, layer.input.shape)
+            bound *= layer_lipschitz(layer, layer.input.shape, kernel_norms)
         return bound
     if not hasattr(model, "operations") or not model.outputs:
         raise ValueError(
@@ -171,7 +192,7 @@ def network_lipschitz(model):
             if not inputs:
                 memo[key] = 1.0
             elif len(inputs) == 1:
-                own = layer_lipschitz(operation, inputs[0].shape)
+                own = layer_lipschitz(operation, inputs[0].shape, kernel_norms)
                 memo[key] = own * bound_of(inputs[0])
             else:
                 memo[key] = _merge(operation, [bound_of(t) for t in inputs])
@@ -347,4 +368,4 @@ def spectral_complexity(model, rows=None):
             "gives the distances); call keras_capacity.bind(model)."
         )
     total = sum((r["distance"] / r["lipschitz"]) ** (2 / 3) for r in weighted)
-    return network_lipschitz(model) * total ** 1.5
+    return network_lipschitz(model, kernel_norms(rows)) * total ** 1.5

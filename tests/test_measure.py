@@ -45,6 +45,8 @@ def test_network_bound_is_an_upper_bound():
     # stem, BN, max-pool 3/2 (2), then shortcut + branch, GAP over 2x2, fc.
     expected = stem * bn * 2 * (math.sqrt(2) + branch) * 0.5 * kc.lipschitz(model.get_layer("fc"))
     assert bound == pytest.approx(expected, rel=1e-9)
+    reused = measure.kernel_norms(measure.layer_table(model))
+    assert measure.network_lipschitz(model, reused) == pytest.approx(bound, rel=1e-12)
     found = max(worst_case_ratio(lambda v: model(v, training=False), (8, 8, 3), seed=s)
                 for s in range(2))
     assert found <= bound * (1 + 1e-5)

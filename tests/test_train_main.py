@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from absl import app, flags
 
+import keras_capacity as kc
 import train_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,7 +42,7 @@ def run(args, env=None, timeout=300):
 def k0_of(path):
     model = keras.models.load_model(path, compile=False)
     return {c.layer_name: c.initial_kernel.numpy()
-            for _, c in __import__("keras_capacity").binding.constrained_layers(model)}
+            for _, c in kc.binding.constrained_layers(model)}
 
 
 def test_flag_file_and_bundled_data(tmp_path):
@@ -64,7 +65,6 @@ def test_flag_file_and_bundled_data(tmp_path):
     initial, final = k0_of(run_dir / "model_init.keras"), k0_of(run_dir / "model_final.keras")
     for name in initial:
         np.testing.assert_array_equal(initial[name], final[name])
-    import keras_capacity as kc
     model = keras.models.load_model(run_dir / "model_final.keras", compile=False)
     assert kc.lipschitz(model.get_layer("block2_conv1")) == pytest.approx(
         layers["block2_conv1"]["lipschitz"], rel=1e-6)

@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_capacity import circular
 from keras_capacity import operators
 from keras_capacity import orthogonal
 from keras_capacity import projections
@@ -69,10 +70,13 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
     * ``Lip(K)`` is the operator norm of the map the layer computes on its
       actual input (for a convolution: on its ``H x W`` input, with its
       padding, strides and dilation). The radial projection scales ``K`` by
-      ``lip / Lip(K)`` when above. In the train step ``Lip(K)`` is tracked by
-      subspace iteration on ``A`` and its adjoint over the top
-      ``TRACKED_DIRECTIONS`` singular directions, warm-started from the
-      previous step; eager projections use the converged float64 value.
+      ``lip / Lip(K)`` when above. For a ``CircularConv2D`` (strides that
+      divide its input, up to ``circular.EXACT_COST_LIMIT``) the train step
+      computes ``Lip(K)`` exactly by FFT (:mod:`keras_capacity.circular`).
+      For other layers it is tracked by subspace iteration on ``A`` and its
+      adjoint over the top ``TRACKED_DIRECTIONS`` singular directions,
+      warm-started from the previous step. Eager projections use the
+      converged float64 value.
     * The distance ball is projected onto exactly (Euclidean projection by
       group soft-thresholding, the threshold found by sorting).
     * With both constraints, ``n_iter`` alternating rounds (distance, then
@@ -84,7 +88,8 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
     **Tolerances.** Every kernel the constraint returns has distance
     ``<= dist * (1 + 1e-5)`` (float32 rounding) and Lipschitz constant
     ``<= lip * (1 + 1e-3)``. Eager projections (:func:`keras_capacity.project`,
-    a direct call) are exact. In the train step the bound rests on the
+    a direct call) are exact, and so are train-step projections that use the
+    exact FFT norm or ``mode="orthogonal"``. Otherwise the bound rests on the
     tracked estimate, which iterates until the Ritz values change by less
     than 1e-5 (2 to 50 steps); ``bind`` starts it from the converged top
     singular vectors. An optimizer step that lifts a direction far above the
@@ -98,7 +103,8 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
     weights), tracked by the layer it constrains: its variables ``K0``, the
     tracked singular directions and the step counter are saved by ``model.save``,
     ``model.save_weights`` and ``keras.callbacks.BackupAndRestore``, and
-    restored by ``keras.models.load_model`` and ``load_weights``; a loaded
+    restored by ``keras.models.load_model`` and ``load_weights`` (the
+    directions exist only where the estimate is tracked); a loaded
     model keeps measuring from the original ``K0``. They appear in
     ``model.summary()`` as non-trainable parameters.
 
@@ -151,6 +157,16 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
         return math.isfinite(self.dist)
 
     @property
+    def tracks_directions(self):
+        """Whether the train step estimates ``Lip(K)`` by tracked subspace
+        iteration (the radial mode, where no exact in-graph norm applies)."""
+        return (
+            self.has_lipschitz
+            and self.mode == "radial"
+            and not circular.has_exact_norm(self.geometry, self.kernel_shape)
+        )
+
+    @property
     def is_bound(self):
         """Whether the state (``K0``, ...) exists and holds real values."""
         if self.geometry is None:
@@ -184,7 +200,7 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
             shape=self.kernel_shape, initializer="zeros", dtype=dtype,
             name="initial_kernel", **state,
         )
-        if self.has_lipschitz:
+        if self.tracks_directions:
             directions = min(
                 TRACKED_DIRECTIONS,
                 int(np.prod(geometry.input_shape(self.kernel_shape))),
@@ -204,21 +220,25 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
     def initialize(self, kernel_variable):
         """Rescales the kernel to ``lip`` if above and records it as ``K0``.
 
-        Uses the converged top singular pairs (SVD, or Lanczos in float64),
-        which also start the tracked subspace iteration. Restored state
-        (after loading weights) is kept as it is.
+        Uses the exact float64 norm; where the estimate is tracked, the
+        converged top singular pairs (SVD, or Lanczos) also start the
+        subspace iteration. Restored state (after loading weights) is kept as
+        it is.
         """
         if self.is_bound:
             return
         kernel = np.asarray(kernel_variable.numpy())
         if self.has_lipschitz:
-            sigma, vectors = spectral.top_singular(
-                kernel, self.geometry, k=self.power_vectors.shape[0]
-            )
+            if self.tracks_directions:
+                sigma, vectors = spectral.top_singular(
+                    kernel, self.geometry, k=self.power_vectors.shape[0]
+                )
+                self.power_vectors.assign(vectors.astype(kernel.dtype))
+            else:
+                sigma = spectral.spectral_norm(kernel, self.geometry)
             if sigma > self.lip:
                 kernel = (kernel * (self.lip / sigma)).astype(kernel.dtype)
                 kernel_variable.assign(kernel)
-            self.power_vectors.assign(vectors.astype(kernel.dtype))
         self.initial_kernel.assign(kernel)
         self.steps.assign(0)
         self.initialized.assign(1)
@@ -242,16 +262,23 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
         return where
 
     def _lipschitz_estimate(self, kernel, block):
-        """``(Lip(K), new block)``: exact in eager calls, else tracked.
+        """``(Lip(K), new block)``: exact in eager calls and for circular
+        convolutions, else tracked.
 
         Eager calls (``project``, direct calls) use the converged float64
-        values of :mod:`keras_capacity.spectral`. In the train step, subspace
+        values of :mod:`keras_capacity.spectral`; in the train step a
+        ``CircularConv2D`` gets its exact FFT norm. Otherwise subspace
         iteration starts from the stored top singular directions, the last
         of them replaced by a random probe (stateless, seeded by the step
         count, so replicas agree): the probe keeps every direction present,
         where a symmetric start (say a constant image under a circular
         convolution) would stay in its invariant subspace forever.
         """
+        if not self.tracks_directions:
+            if tf.executing_eagerly():
+                sigma = spectral.spectral_norm(kernel.numpy(), self.geometry)
+                return tf.constant(sigma, kernel.dtype), block
+            return circular.spectral_norm(kernel, self.geometry), block
         if tf.executing_eagerly():
             sigma, top = spectral.top_singular(
                 kernel.numpy(), self.geometry, k=int(block.shape[0]),
@@ -302,20 +329,21 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
         constraint's own) and keeps the tracked singular directions for the next call."""
         kernel = self._checked(kernel)
         n_iter = self.n_iter if n_iter is None else _positive_int("n_iter", n_iter)
-        block = (
-            tf.convert_to_tensor(self.power_vectors) if self.has_lipschitz else None
-        )
-        kernel, block = self._projected(kernel, block, n_iter)
-        if self.has_lipschitz:
+        kernel, block = self._projected(kernel, self._block(), n_iter)
+        if self.tracks_directions:
             self.power_vectors.assign(block)
         return kernel
+
+    def _block(self):
+        """The tracked singular directions, or a placeholder where none are."""
+        return tf.convert_to_tensor(self.power_vectors if self.tracks_directions else 0.0)
 
     def __call__(self, w):
         if not tf.inside_function():
             return self.project(w)
         self._require_bound(w)
         self.steps.assign_add(1)
-        block = tf.convert_to_tensor(self.power_vectors if self.has_lipschitz else 0.0)
+        block = self._block()
         if self.every == 1:
             kernel, block = self._projected(self._checked(w), block, self.n_iter)
         else:
@@ -326,7 +354,7 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
                 lambda: self._projected(self._checked(w), block, self.n_iter),
                 lambda: (tf.identity(w), block),
             )
-        if self.has_lipschitz:
+        if self.tracks_directions:
             # Outside the cond: under MirroredStrategy this assignment is a
             # synchronization point, which control flow may not contain.
             self.power_vectors.assign(block)

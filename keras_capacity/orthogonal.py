@@ -20,10 +20,12 @@ always nearest).
 Everything here is TensorFlow, so it runs inside the compiled train step.
 """
 
+import dataclasses
+
 import numpy as np
 import tensorflow as tf
 
-from keras_capacity import operators, projections
+from keras_capacity import circular, operators, projections
 
 
 def _gram_side(matrices):
@@ -57,16 +59,6 @@ def largest_singular_value(matrices):
     return tf.sqrt(tf.maximum(largest, 0.0))
 
 
-def _positions(geometry, kernel_shape):
-    """Grid offsets ``(rows, cols)`` of the kernel's taps, modulo the grid."""
-    offsets = []
-    for axis in range(2):
-        size, taps, dilation = geometry.input_size[axis], kernel_shape[axis], geometry.dilation[axis]
-        span = dilation * (taps - 1) + 1
-        offsets.append((np.arange(taps) * dilation - (span - 1) // 2) % size)
-    return offsets
-
-
 def check_embeddable(geometry, kernel_shape, where):
     """``ValueError`` unless the orthogonal projection applies: a circular
     convolution whose taps land on distinct pixels of its input grid."""
@@ -78,7 +70,7 @@ def check_embeddable(geometry, kernel_shape, where):
             f"convolution, but this Conv2D pads with {geometry.padding!r}. Use "
             "mode='radial', or keras_capacity.CircularConv2D."
         )
-    rows, cols = _positions(geometry, kernel_shape)
+    rows, cols = circular.tap_positions(geometry, kernel_shape)
     if len(set(rows)) < len(rows) or len(set(cols)) < len(cols):
         raise ValueError(
             f"{where}: the kernel {tuple(kernel_shape[:2])} (dilation "
@@ -94,7 +86,7 @@ class CircularEmbedding:
     def __init__(self, geometry, kernel_shape):
         self.size = tuple(geometry.input_size)
         self.kernel_shape = tuple(kernel_shape)
-        rows, cols = _positions(geometry, kernel_shape)
+        rows, cols = circular.tap_positions(geometry, kernel_shape)
         # Flat grid index of every tap, in the kernel's (kh, kw) order.
         index = (rows[:, None] * self.size[1] + cols[None, :]).reshape(-1, 1)
         self.index = tf.constant(index, tf.int32)
@@ -126,11 +118,6 @@ class CircularEmbedding:
         back = tf.signal.irfft2d(clipped, fft_length=(height, width))
         return tf.transpose(back, (2, 3, 0, 1))
 
-    def spectral_norm(self, kernel):
-        """The stride-1 operator's norm: the largest per-frequency singular value."""
-        spectrum = tf.signal.rfft2d(tf.transpose(self.embed(kernel), (2, 3, 0, 1)))
-        return largest_singular_value(tf.transpose(spectrum, (2, 3, 0, 1)))
-
 
 def dykstra(point, project_fns, rounds):
     """Dykstra's alternating projections onto the intersection of convex
@@ -148,8 +135,10 @@ def dykstra(point, project_fns, rounds):
 def project(kernel, initial_kernel, lip, dist, geometry, rounds):
     """The orthogonal projection of ``kernel`` onto ``{Lip <= lip} ∩
     {||K - K0||_{2,1} <= dist}`` by ``rounds`` of Dykstra's algorithm,
-    followed by the feasibility step: a radial rescale by the exact
-    (stride-1) norm if it is still above ``lip``, then the segment toward
+    followed by the feasibility step: a radial rescale by the exact norm
+    (:func:`keras_capacity.circular.spectral_norm`; the stride-1 one, an
+    upper bound, where strides do not divide the input) if it is still
+    above ``lip``, then the segment toward
     ``K0`` into the distance ball. Returns the kernel."""
     has_lip, has_dist = np.isfinite(lip), np.isfinite(dist)
 
@@ -175,7 +164,10 @@ def project(kernel, initial_kernel, lip, dist, geometry, rounds):
             [lambda g: embedding.project_spectral_ball(g, lip)] if has_lip else [])
         sets.append(embedding.project_support)
         result = embedding.restrict(dykstra(embedding.embed(kernel), sets, rounds))
-        norm = embedding.spectral_norm(result) if has_lip else None
+        if has_lip:
+            if not circular.strides_divide(geometry):
+                geometry = dataclasses.replace(geometry, strides=(1, 1))
+            norm = circular.spectral_norm(result, geometry)
     if has_lip:
         result = projections.scale_to_lipschitz(result, norm, lip)
     if has_dist:

@@ -232,3 +232,32 @@ def test_constraint_compiles_under_xla():
     assert int(conv.kernel_constraint.steps.numpy()) == 2
     assert kc.lipschitz(conv) <= 0.5 * (1 + LIPSCHITZ_TOLERANCE)
     assert kc.distance(conv) <= 1.0 * (1 + DISTANCE_TOLERANCE)
+
+
+def test_circular_conv_is_certified_in_the_train_step_even_under_extreme_steps():
+    """The exact FFT norm, not a tracked estimate: every step that projects
+    leaves the kernel within the bound, however far the step went."""
+    keras.utils.set_random_seed(0)
+    conv = kc.CircularConv2D(4, 8, strides=2, use_bias=False, kernel_constraint=kc.LipDist(0.5))
+    model = keras.Sequential([keras.Input((8, 8, 3)), conv])
+    kc.bind(model)
+    assert not conv.kernel_constraint.tracks_directions
+    assert not hasattr(conv.kernel_constraint, "power_vectors")
+    model.compile(keras.optimizers.SGD(0.01), "mse")
+    # With these steps the tracked estimate (circular.EXACT_COST_LIMIT = -1)
+    # lets the constant exceed 0.5 by 1.4e-3.
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((4, 8, 8, 3)), 10 * rng.standard_normal((4, 4, 4, 4))
+    for _ in range(5):
+        model.fit(x, y, batch_size=4, verbose=0)
+        assert kc.lipschitz(conv) <= 0.5 * (1 + 1e-5)
+
+
+def test_exact_circular_norm_compiles_under_xla():
+    conv = kc.CircularConv2D(4, 3, strides=2, use_bias=False, kernel_constraint=kc.LipDist(0.5, 1.0))
+    model = keras.Sequential([keras.Input((8, 8, 3)), conv])
+    kc.bind(model)
+    model.compile(keras.optimizers.SGD(0.5), "mse", jit_compile=True)
+    model.fit(np.random.randn(8, 8, 8, 3), 10 * np.random.randn(8, 4, 4, 4), batch_size=4, verbose=0)
+    assert kc.lipschitz(conv) <= 0.5 * (1 + 1e-5)
+    assert kc.distance(conv) <= 1.0 * (1 + DISTANCE_TOLERANCE)

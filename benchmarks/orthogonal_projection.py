@@ -30,7 +30,7 @@ def projection_time(mode, repeats):
                              kernel_constraint=kc.LipDist(1.0, 50, mode=mode, n_iter=1))
     kc.bind(keras.Sequential([keras.Input((32, 32, 64)), conv]))
     constraint = conv.kernel_constraint
-    block = tf.convert_to_tensor(constraint.power_vectors)
+    block = constraint._block()
     project = tf.function(lambda kernel: constraint._projected(kernel, block, 1)[0])
     kernel = tf.constant(1.5 * conv.kernel.numpy())
     project(kernel).numpy()  # trace

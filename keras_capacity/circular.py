@@ -79,43 +79,110 @@ def has_exact_norm(geometry, kernel_shape):
     return matrices * n**3 <= EXACT_COST_LIMIT
 
 
-def _output_grams(kernel, geometry):
-    """``sum_f A(f) A(f)^H / S`` for every output frequency (half of them)."""
+class LatticePairs:
+    """The kernel's tap pairs whose offset lies on the stride lattice.
+
+    For taps ``p, q`` at grid offsets ``x_p, x_q``, the pair is kept when
+    ``d = x_p - x_q`` (modulo the grid) is a multiple of the strides;
+    ``cells`` is ``d / s`` as a flat index into the ``H/s_h x W/s_w``
+    output grid and ``reversed_cells`` that of ``-d``. These pairs carry both
+    the folded Gram matrices (:meth:`grams`) and the products of the kernel
+    with a per-frequency matrix (:meth:`multiply`).
+    """
+
+    def __init__(self, geometry, kernel_shape):
+        kh, kw = int(kernel_shape[0]), int(kernel_shape[1])
+        (height, width), (s_h, s_w) = geometry.input_size, geometry.strides
+        self.output_size = (height // s_h, width // s_w)
+        self.kernel_shape = tuple(int(d) for d in kernel_shape)
+        rows, cols = tap_positions(geometry, kernel_shape)
+        tap_rows, tap_cols = np.repeat(rows, kw), np.tile(cols, kh)  # tap t = a * kw + b
+        d_rows = (tap_rows[:, None] - tap_rows[None, :]) % height
+        d_cols = (tap_cols[:, None] - tap_cols[None, :]) % width
+        self.p, self.q = np.nonzero((d_rows % s_h == 0) & (d_cols % s_w == 0))
+        out_h, out_w = self.output_size
+        cell_rows, cell_cols = d_rows[self.p, self.q] // s_h, d_cols[self.p, self.q] // s_w
+        self.cells = cell_rows * out_w + cell_cols
+        self.reversed_cells = ((-cell_rows) % out_h) * out_w + (-cell_cols) % out_w
+
+    def _taps(self, kernel):
+        kh, kw, channels_in, channels_out = self.kernel_shape
+        return tf.reshape(kernel, (kh * kw, channels_in, channels_out))
+
+    def grams(self, kernel):
+        """``sum_f A(f) A(f)^H / S`` over the aliases of every output
+        frequency: the real FFT, on the output grid, of the autocorrelation
+        ``sum K_p^T K_q`` at the lattice offsets. ``(frequencies, out, out)``,
+        in the ``(H/s_h, W/(2 s_w) + 1)`` layout of ``tf.signal.rfft2d``."""
+        taps = self._taps(kernel)
+        channels_out = self.kernel_shape[3]
+        out_h, out_w = self.output_size
+        products = tf.einsum("tio,tiu->tou", tf.gather(taps, self.p), tf.gather(taps, self.q))
+        correlation = tf.scatter_nd(
+            self.cells[:, None], products, (out_h * out_w, channels_out, channels_out)
+        )
+        correlation = tf.reshape(correlation, (out_h, out_w, channels_out, channels_out))
+        spectrum = tf.signal.rfft2d(tf.transpose(correlation, (2, 3, 0, 1)))
+        return tf.reshape(tf.transpose(spectrum, (2, 3, 0, 1)), (-1, channels_out, channels_out))
+
+    def multiply(self, kernel, matrices):
+        """The kernel whose every spectrum matrix ``M(f)`` (on its input
+        grid) is replaced by ``M(f) T(f)``, restricted to the kernel's taps,
+        where ``T`` (``out x out``, periodic on the output grid) is given as
+        ``matrices`` in the layout of :meth:`grams` (Hermitian-symmetric:
+        ``T(-f)`` the conjugate of ``T(f)``). In space this is the kernel
+        convolved with ``T``'s inverse FFT, which lives on the stride
+        lattice, so only the lattice pairs contribute."""
+        out_h, out_w = self.output_size
+        channels_out = self.kernel_shape[3]
+        half = tf.reshape(matrices, (out_h, out_w // 2 + 1, channels_out, channels_out))
+        spatial = tf.signal.irfft2d(tf.transpose(half, (2, 3, 0, 1)), fft_length=(out_h, out_w))
+        spatial = tf.reshape(tf.transpose(spatial, (2, 3, 0, 1)), (out_h * out_w, channels_out, channels_out))
+        taps = self._taps(kernel)
+        terms = tf.einsum(
+            "tio,tou->tiu", tf.gather(taps, self.q), tf.gather(spatial, self.reversed_cells)
+        )
+        result = tf.math.unsorted_segment_sum(terms, self.p, taps.shape[0])
+        return tf.reshape(result, self.kernel_shape)
+
+
+def fold(spectrum, strides):
+    """``(in, out, H, W)`` spectrum -> ``(H/s_h * W/s_w, in S, out)`` blocks:
+    each output frequency's ``S`` aliased ``in x out`` matrices, stacked."""
+    channels_in, channels_out, height, width = spectrum.shape
+    (s_h, s_w), out_h, out_w = strides, height // strides[0], width // strides[1]
+    spectrum = tf.reshape(spectrum, (channels_in, channels_out, s_h, out_h, s_w, out_w))
+    return tf.reshape(
+        tf.transpose(spectrum, (3, 5, 2, 4, 0, 1)),
+        (out_h * out_w, s_h * s_w * channels_in, channels_out),
+    )
+
+
+def unfold(blocks, strides, size):
+    """The inverse of :func:`fold`, back to an ``(in, out, H, W)`` spectrum."""
+    (s_h, s_w), (height, width) = strides, size
+    channels_in, channels_out = blocks.shape[1] // (s_h * s_w), blocks.shape[2]
+    blocks = tf.reshape(blocks, (height // s_h, width // s_w, s_h, s_w, channels_in, channels_out))
+    return tf.reshape(tf.transpose(blocks, (4, 5, 2, 0, 3, 1)), (channels_in, channels_out, height, width))
+
+
+def embed(kernel, geometry):
+    """The kernel on its ``H x W`` input grid, ``(H, W, in, out)``; taps that
+    wrap onto the same pixel add up, as in the operator."""
     kh, kw, channels_in, channels_out = kernel.shape
-    (height, width), (s_h, s_w) = geometry.input_size, geometry.strides
-    out_h, out_w = height // s_h, width // s_w
+    height, width = geometry.input_size
     rows, cols = tap_positions(geometry, kernel.shape)
-    tap_rows, tap_cols = np.repeat(rows, kw), np.tile(cols, kh)  # tap t = a * kw + b
-    d_rows = (tap_rows[:, None] - tap_rows[None, :]) % height
-    d_cols = (tap_cols[:, None] - tap_cols[None, :]) % width
-    p, q = np.nonzero((d_rows % s_h == 0) & (d_cols % s_w == 0))
-    cells = (d_rows[p, q] // s_h) * out_w + d_cols[p, q] // s_w
+    cells = (rows[:, None] * width + cols[None, :]).reshape(-1, 1)
     taps = tf.reshape(kernel, (kh * kw, channels_in, channels_out))
-    products = tf.einsum("tio,tiu->tou", tf.gather(taps, p), tf.gather(taps, q))
-    correlation = tf.scatter_nd(cells[:, None], products, (out_h * out_w, channels_out, channels_out))
-    correlation = tf.reshape(correlation, (out_h, out_w, channels_out, channels_out))
-    spectrum = tf.signal.rfft2d(tf.transpose(correlation, (2, 3, 0, 1)))
-    return tf.reshape(tf.transpose(spectrum, (2, 3, 0, 1)), (-1, channels_out, channels_out))
+    grid = tf.scatter_nd(cells, taps, (height * width, channels_in, channels_out))
+    return tf.reshape(grid, (height, width, channels_in, channels_out))
 
 
 def _input_grams(kernel, geometry):
     """The ``(in S) x (in S)`` Gram matrices of the folded blocks, times ``S``."""
-    kh, kw, channels_in, channels_out = kernel.shape
-    (height, width), (s_h, s_w) = geometry.input_size, geometry.strides
-    out_h, out_w = height // s_h, width // s_w
-    rows, cols = tap_positions(geometry, kernel.shape)
-    cells = (rows[:, None] * width + cols[None, :]).reshape(-1, 1)
-    taps = tf.reshape(kernel, (kh * kw, channels_in, channels_out))
-    # Taps that wrap onto the same pixel add up, as in the operator.
-    grid = tf.scatter_nd(cells, taps, (height * width, channels_in, channels_out))
-    grid = tf.reshape(grid, (height, width, channels_in, channels_out))
     complex_dtype = tf.complex128 if kernel.dtype == tf.float64 else tf.complex64
-    spectrum = tf.signal.fft2d(tf.cast(tf.transpose(grid, (2, 3, 0, 1)), complex_dtype))
-    spectrum = tf.reshape(spectrum, (channels_in, channels_out, s_h, out_h, s_w, out_w))
-    blocks = tf.reshape(
-        tf.transpose(spectrum, (3, 5, 2, 4, 0, 1)),
-        (out_h * out_w, s_h * s_w * channels_in, channels_out),
-    )
+    grid = tf.transpose(embed(kernel, geometry), (2, 3, 0, 1))
+    blocks = fold(tf.signal.fft2d(tf.cast(grid, complex_dtype)), geometry.strides)
     return tf.matmul(blocks, blocks, adjoint_b=True)
 
 
@@ -130,7 +197,7 @@ def spectral_norm(kernel, geometry):
     kernel = tf.convert_to_tensor(kernel)
     side, _, _ = _plan(geometry, kernel.shape)
     if side == "output":
-        grams, scale = _output_grams(kernel, geometry), 1.0
+        grams, scale = LatticePairs(geometry, kernel.shape).grams(kernel), 1.0
     else:
         grams, scale = _input_grams(kernel, geometry), 1.0 / math.prod(geometry.strides)
     largest = tf.reduce_max(tf.math.real(tf.linalg.eigvalsh(grams)))

@@ -10,12 +10,12 @@ The 2-D DFT block-diagonalizes the stride-1 operator into the ``in x out``
 matrices ``M(f)``, and the operator's Frobenius norm is ``sqrt(HW)`` times
 the embedded kernel's, so clipping every ``M(f)``'s singular values and
 transforming back is the exact projection of the embedded kernel onto the
-spectral ball. That result is supported on the whole grid; the kernel's own
-support is a second (linear) set, the distance ball a third, and Dykstra's
-algorithm combines them. The real FFT's Hermitian symmetry halves the
-decompositions. With strides, the stride-1 ball is used: subsampling is a
-contraction, so it lies inside the strided operator's ball (feasible, not
-always nearest).
+spectral ball (the real FFT's Hermitian symmetry halves the
+decompositions). With strides that divide the input, each output
+frequency's aliased ``M(f)`` form one block, and clipping the blocks is the
+exact projection onto the strided operator's ball. That result is supported
+on the whole grid; the kernel's own support is a second (linear) set, the
+distance ball a third, and Dykstra's algorithm combines them.
 
 Everything here is TensorFlow, so it runs inside the compiled train step.
 """
@@ -36,19 +36,25 @@ def _gram_side(matrices):
     return tf.matmul(matrices, matrices, adjoint_a=True), False
 
 
+def _shrink(gram, lip):
+    """``V diag(min(1, lip / s)) V^H`` from the Gram matrices ``M^H M = V
+    diag(s^2) V^H``: ``M`` times it has its singular values clipped at ``lip``."""
+    eigenvalues, vectors = tf.linalg.eigh(gram)
+    singular = tf.sqrt(tf.maximum(tf.math.real(eigenvalues), 0.0))
+    factor = tf.minimum(1.0, projections.as_dtype(lip, singular.dtype) / tf.maximum(singular, 1e-30))
+    return tf.matmul(vectors * tf.cast(factor, vectors.dtype)[..., None, :], vectors,
+                     adjoint_b=True)
+
+
 def clip_singular_values(matrices, lip):
     """``U min(S, lip) V^H`` for a batch of (real or complex) matrices.
 
     Computed from the Hermitian eigendecomposition of the smaller Gram
-    matrix ``G = V S^2 V^H``: ``M V diag(min(1, lip/s)) V^H``, which is
-    several times faster than an SVD on a CPU.
+    matrix (:func:`_shrink`), which is several times faster than an SVD on
+    a CPU.
     """
     gram, left = _gram_side(matrices)
-    eigenvalues, vectors = tf.linalg.eigh(gram)
-    singular = tf.sqrt(tf.maximum(tf.math.real(eigenvalues), 0.0))
-    factor = tf.minimum(1.0, tf.cast(lip, singular.dtype) / tf.maximum(singular, 1e-30))
-    shrink = tf.matmul(vectors * tf.cast(factor, vectors.dtype)[..., None, :], vectors,
-                       adjoint_b=True)
+    shrink = _shrink(gram, lip)
     return tf.matmul(shrink, matrices) if left else tf.matmul(matrices, shrink)
 
 
@@ -81,11 +87,20 @@ def check_embeddable(geometry, kernel_shape, where):
 
 
 class CircularEmbedding:
-    """Maps a circular convolution's kernel to and from its input grid."""
+    """Maps a circular convolution's kernel to and from its input grid, and
+    projects it onto the Lipschitz ball there.
+
+    The ball is that of the layer's own operator, strides included, when
+    the strides divide the input; otherwise that of the stride-1 operator,
+    which lies inside it (subsampling is a contraction).
+    """
 
     def __init__(self, geometry, kernel_shape):
         self.size = tuple(geometry.input_size)
         self.kernel_shape = tuple(kernel_shape)
+        self.geometry = geometry
+        if not circular.strides_divide(geometry):
+            self.geometry = dataclasses.replace(geometry, strides=(1, 1))
         rows, cols = circular.tap_positions(geometry, kernel_shape)
         # Flat grid index of every tap, in the kernel's (kh, kw) order.
         index = (rows[:, None] * self.size[1] + cols[None, :]).reshape(-1, 1)
@@ -95,10 +110,7 @@ class CircularEmbedding:
         self.mask = tf.constant(mask.reshape(*self.size, 1, 1))
 
     def embed(self, kernel):
-        kh, kw, cin, cout = self.kernel_shape
-        flat = tf.reshape(kernel, (kh * kw, cin, cout))
-        grid = tf.scatter_nd(self.index, flat, (self.size[0] * self.size[1], cin, cout))
-        return tf.reshape(grid, (*self.size, cin, cout))
+        return circular.embed(kernel, self.geometry)
 
     def restrict(self, grid):
         cin, cout = self.kernel_shape[2:]
@@ -109,14 +121,44 @@ class CircularEmbedding:
         return grid * tf.cast(self.mask, grid.dtype)
 
     def project_spectral_ball(self, grid, lip):
-        """Clips the per-frequency singular values of the embedded kernel."""
+        """The nearest grid kernel whose operator has norm ``<= lip``.
+
+        Stride 1: every ``M(f)``'s singular values are clipped at ``lip``
+        (real FFT, half the frequencies). Strides ``s``: the ``S = s_h s_w``
+        aliases of each output frequency form one ``(in S) x out`` block
+        ``X(g)`` (a re-indexing of the spectrum, so distances are kept), the
+        operator's norm is ``max_g ||X(g)||_2 / sqrt(S)``, and each block's
+        singular values are clipped at ``lip sqrt(S)``.
+        """
         height, width = self.size
+        strides = self.geometry.strides
         spatial_last = tf.transpose(grid, (2, 3, 0, 1))  # (in, out, H, W)
-        spectrum = tf.signal.rfft2d(spatial_last)  # (in, out, H, W//2+1)
-        matrices = tf.transpose(spectrum, (2, 3, 0, 1))  # (H, W//2+1, in, out)
-        clipped = tf.transpose(clip_singular_values(matrices, lip), (2, 3, 0, 1))
-        back = tf.signal.irfft2d(clipped, fft_length=(height, width))
+        if strides == (1, 1):
+            spectrum = tf.signal.rfft2d(spatial_last)  # (in, out, H, W//2+1)
+            matrices = tf.transpose(spectrum, (2, 3, 0, 1))  # (H, W//2+1, in, out)
+            clipped = tf.transpose(clip_singular_values(matrices, lip), (2, 3, 0, 1))
+            back = tf.signal.irfft2d(clipped, fft_length=(height, width))
+        else:
+            complex_dtype = tf.complex128 if grid.dtype == tf.float64 else tf.complex64
+            blocks = circular.fold(tf.signal.fft2d(tf.cast(spatial_last, complex_dtype)), strides)
+            clipped = clip_singular_values(blocks, lip * np.sqrt(np.prod(strides)))
+            back = tf.math.real(tf.signal.ifft2d(circular.unfold(clipped, strides, self.size)))
         return tf.transpose(back, (2, 3, 0, 1))
+
+    def project_kernel(self, kernel, lip):
+        """``restrict(project_spectral_ball(embed(kernel)))``.
+
+        Where the output side is the smaller one, without the grid: the
+        Gram matrices come from the kernel's autocorrelation and the
+        clipped kernel from the lattice pairs
+        (:class:`keras_capacity.circular.LatticePairs`), so no per-frequency
+        product with the spectrum is formed.
+        """
+        channels_in, channels_out = self.kernel_shape[2:]
+        if channels_out > channels_in * np.prod(self.geometry.strides):
+            return self.restrict(self.project_spectral_ball(self.embed(kernel), lip))
+        pairs = circular.LatticePairs(self.geometry, self.kernel_shape)
+        return pairs.multiply(kernel, _shrink(pairs.grams(kernel), lip))
 
 
 def dykstra(point, project_fns, rounds):
@@ -135,11 +177,17 @@ def dykstra(point, project_fns, rounds):
 def project(kernel, initial_kernel, lip, dist, geometry, rounds):
     """The orthogonal projection of ``kernel`` onto ``{Lip <= lip} ∩
     {||K - K0||_{2,1} <= dist}`` by ``rounds`` of Dykstra's algorithm,
-    followed by the feasibility step: a radial rescale by the exact norm
-    (:func:`keras_capacity.circular.spectral_norm`; the stride-1 one, an
-    upper bound, where strides do not divide the input) if it is still
-    above ``lip``, then the segment toward
-    ``K0`` into the distance ball. Returns the kernel."""
+    followed by the feasibility step: a radial rescale by the exact norm of
+    the operator whose ball was projected onto
+    (:func:`keras_capacity.circular.spectral_norm`) if it is still above
+    ``lip``, then the segment toward ``K0`` into the distance ball. Returns
+    the kernel.
+
+    For a circular convolution, one round over (distance ball, spectral
+    ball, support) carries no increments, so it is the composition of the
+    three projections, done on the kernel's own taps
+    (:meth:`CircularEmbedding.project_kernel`).
+    """
     has_lip, has_dist = np.isfinite(lip), np.isfinite(dist)
 
     def distance_ball(x):
@@ -152,22 +200,21 @@ def project(kernel, initial_kernel, lip, dist, geometry, rounds):
         norm = largest_singular_value(result) if has_lip else None
     else:
         embedding = CircularEmbedding(geometry, kernel.shape)
+        if rounds == 1:
+            result = distance_ball(kernel) if has_dist else kernel
+            if has_lip:
+                result = embedding.project_kernel(result, lip)
+        else:
+            def grid_distance_ball(grid):
+                on_support = embedding.restrict(grid)
+                projected = embedding.embed(distance_ball(on_support))
+                return grid - embedding.project_support(grid) + projected
 
-        def grid_distance_ball(grid):
-            on_support = embedding.restrict(grid)
-            projected = embedding.embed(
-                initial_kernel + projections.project_l21_ball(on_support - initial_kernel, dist)
-            )
-            return grid - embedding.project_support(grid) + projected
-
-        sets = ([grid_distance_ball] if has_dist else []) + (
-            [lambda g: embedding.project_spectral_ball(g, lip)] if has_lip else [])
-        sets.append(embedding.project_support)
-        result = embedding.restrict(dykstra(embedding.embed(kernel), sets, rounds))
-        if has_lip:
-            if not circular.strides_divide(geometry):
-                geometry = dataclasses.replace(geometry, strides=(1, 1))
-            norm = circular.spectral_norm(result, geometry)
+            sets = ([grid_distance_ball] if has_dist else []) + (
+                [lambda g: embedding.project_spectral_ball(g, lip)] if has_lip else [])
+            sets.append(embedding.project_support)
+            result = embedding.restrict(dykstra(embedding.embed(kernel), sets, rounds))
+        norm = circular.spectral_norm(result, embedding.geometry) if has_lip else None
     if has_lip:
         result = projections.scale_to_lipschitz(result, norm, lip)
     if has_dist:

@@ -13,6 +13,15 @@ import tensorflow as tf
 INPUT_AXIS = -2
 
 
+def as_dtype(value, dtype):
+    """``value`` (a tensor or a Python number) as a tensor of ``dtype``.
+
+    ``tf.cast`` of a Python float goes through float32 first, which would
+    round a bound by 1e-8 relative in float64 computations.
+    """
+    return tf.cast(value, dtype) if tf.is_tensor(value) else tf.constant(value, dtype)
+
+
 def group_norms(delta):
     """The group norms ``g_j`` of ``delta`` (norm over the input axis)."""
     return tf.norm(delta, axis=INPUT_AXIS, keepdims=True)
@@ -36,7 +45,7 @@ def project_l21_ball(delta, radius):
     """
     norms = group_norms(delta)
     flat = tf.reshape(norms, [-1])
-    radius = tf.cast(radius, delta.dtype)
+    radius = as_dtype(radius, delta.dtype)
     ordered = tf.sort(flat, direction="DESCENDING")
     partial_sums = tf.cumsum(ordered)
     ranks = tf.range(1, tf.size(ordered) + 1, dtype=delta.dtype)
@@ -57,12 +66,12 @@ def shrink_to_l21_ball(delta, radius):
     inside the ball.
     """
     norm = l21_norm(delta)
-    radius = tf.cast(radius, delta.dtype)
+    radius = as_dtype(radius, delta.dtype)
     return delta * tf.minimum(1.0, radius / tf.maximum(norm, 1e-30))
 
 
 def scale_to_lipschitz(kernel, sigma, lip):
     """Radial Lipschitz projection: ``K * min(1, lip / sigma)``."""
-    lip = tf.cast(lip, kernel.dtype)
-    sigma = tf.cast(sigma, kernel.dtype)
+    lip = as_dtype(lip, kernel.dtype)
+    sigma = as_dtype(sigma, kernel.dtype)
     return kernel * tf.minimum(1.0, lip / tf.maximum(sigma, 1e-30))

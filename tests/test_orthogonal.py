@@ -5,9 +5,10 @@ operator matrix; refused where it does not apply; in the train step."""
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import keras_capacity as kc
-from keras_capacity import constraints
+from keras_capacity import circular, constraints, operators, orthogonal
 from tests.conftest import operator_matrix
 
 LIP_TOL, DIST_TOL = constraints.LIPSCHITZ_TOLERANCE, constraints.DISTANCE_TOLERANCE
@@ -131,6 +132,42 @@ def test_circular_both_constraints_hold_on_the_dense_operator(strides):
     kc.project(keras.Sequential([layer]))
     assert np.linalg.norm(operator_matrix(layer, (8, 8, 3)), 2) <= 0.6 * (1 + LIP_TOL)
     assert kc.distance(layer) <= 1.0 * (1 + DIST_TOL)
+
+
+@pytest.mark.parametrize("size,strides", [((6, 6), (1, 1)), ((6, 6), (2, 2)), ((4, 6), (2, 3)),
+                                          ((6, 4), (1, 2))])
+def test_spectral_ball_is_the_dense_svd_clipping(size, strides):
+    """A kernel filling its whole input grid: the (strided) convolutions
+    form a subspace of matrices on which A(k) is a scaled isometry, and
+    clipping the dense matrix's singular values stays in it, so the nearest
+    kernel in the ball has exactly numpy's clipped matrix as its operator."""
+    layer = kc.CircularConv2D(2, size, strides=strides, use_bias=False)
+    keras.Sequential([keras.Input((*size, 3)), layer])
+    dense = operator_matrix(layer, (*size, 3))
+    lip = 0.6 * np.linalg.norm(dense, 2)
+    geometry = operators.OperatorGeometry("conv2d", size, strides, padding="circular")
+    embedding = orthogonal.CircularEmbedding(geometry, layer.kernel.shape)
+    kernel = tf.constant(layer.kernel.numpy().astype(np.float64))
+    projected = embedding.restrict(embedding.project_spectral_ball(embedding.embed(kernel), lip))
+    layer.kernel.assign(projected.numpy().astype(np.float32))
+    np.testing.assert_allclose(operator_matrix(layer, (*size, 3)), numpy_clip(dense, lip),
+                               atol=1e-5 * lip)
+
+
+@pytest.mark.parametrize("size,k,channels_in,channels_out,strides", [
+    ((8, 8), 3, 4, 3, (1, 1)), ((7, 9), 3, 4, 4, (1, 1)), ((8, 8), 3, 4, 3, (2, 2)),
+    ((8, 6), 3, 2, 5, (2, 3)), ((4, 4), 3, 5, 5, (2, 2)), ((2, 2), 2, 4, 4, (2, 2)),
+    ((6, 6), 3, 2, 5, (1, 1)),  # more outputs than inputs: through the grid
+])
+def test_one_round_on_the_taps_equals_the_grid_path(size, k, channels_in, channels_out, strides):
+    """The autocorrelation and lattice pairs give the same kernel as the FFT
+    of the embedded kernel, clipping and the inverse FFT."""
+    geometry = operators.OperatorGeometry("conv2d", size, strides, padding="circular")
+    kernel = tf.constant(np.random.default_rng(0).standard_normal((k, k, channels_in, channels_out)))
+    embedding = orthogonal.CircularEmbedding(geometry, kernel.shape)
+    lip = 0.5 * float(circular.spectral_norm(kernel, geometry))
+    on_grid = embedding.restrict(embedding.project_spectral_ball(embedding.embed(kernel), lip))
+    np.testing.assert_allclose(embedding.project_kernel(kernel, lip), on_grid, atol=1e-12)
 
 
 def test_refused_where_it_does_not_apply():

@@ -73,3 +73,19 @@ def test_tiny_imagenet_errors_show_the_layout(tmp_path):
         data.load("tiny_imagenet", str(tmp_path))
     with pytest.raises(ValueError, match="Unknown dataset 'mnist'"):
         data.load("mnist")
+
+
+def test_batches_are_the_normalized_images_and_augmentation_keeps_their_shape():
+    with np.load(data.SHAPES10_PATH) as arrays:
+        raw, labels = arrays["x_test"][:64].astype(np.float64), arrays["y_test"][:64]
+    mean, std = (np.array(v) for v in data.STATISTICS["shapes10"])
+    x, y = next(iter(data.load("shapes10", batch_size=64).test))
+    assert x.dtype == tf.float32 and y.dtype == tf.int64
+    np.testing.assert_allclose(x.numpy(), (raw / 255 - mean) / std, atol=1e-5)
+    np.testing.assert_array_equal(y.numpy(), labels)
+    x, _ = next(iter(data.load("shapes10", batch_size=64, augment=True).train))
+    assert x.shape == (64, 32, 32, 3) and x.dtype == tf.float32
+    # Crops and flips move pixels but only ever show normalized 8-bit values.
+    levels = (np.arange(256)[:, None] / 255 - mean) / std
+    nearest = np.abs(x.numpy()[:4].reshape(-1, 3)[:, None, :] - levels[None]).min(axis=1)
+    assert nearest.max() < 1e-5

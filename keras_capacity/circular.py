@@ -83,27 +83,37 @@ class LatticePairs:
     """The kernel's tap pairs whose offset lies on the stride lattice.
 
     For taps ``p, q`` at grid offsets ``x_p, x_q``, the pair is kept when
-    ``d = x_p - x_q`` (modulo the grid) is a multiple of the strides;
-    ``cells`` is ``d / s`` as a flat index into the ``H/s_h x W/s_w``
-    output grid and ``reversed_cells`` that of ``-d``. These pairs carry both
-    the folded Gram matrices (:meth:`grams`) and the products of the kernel
-    with a per-frequency matrix (:meth:`multiply`).
+    ``d = x_p - x_q`` (modulo the grid) is a multiple of the strides; ``d /
+    s`` is then a cell of the ``H/s_h x W/s_w`` output grid. These pairs
+    carry both the folded Gram matrices (:meth:`grams`) and the products of
+    the kernel with a per-frequency matrix (:meth:`multiply`). The output
+    grid's frequencies are those of ``tf.signal.rfft2d`` (``H/s_h x
+    (W/s_w) // 2 + 1``, the rest being conjugates), and the few pairs make
+    a direct DFT (one real matrix product) cheaper than scattering onto the
+    grid and transforming it.
     """
 
     def __init__(self, geometry, kernel_shape):
         kh, kw = int(kernel_shape[0]), int(kernel_shape[1])
         (height, width), (s_h, s_w) = geometry.input_size, geometry.strides
-        self.output_size = (height // s_h, width // s_w)
+        out_h, out_w = height // s_h, width // s_w
         self.kernel_shape = tuple(int(d) for d in kernel_shape)
         rows, cols = tap_positions(geometry, kernel_shape)
         tap_rows, tap_cols = np.repeat(rows, kw), np.tile(cols, kh)  # tap t = a * kw + b
         d_rows = (tap_rows[:, None] - tap_rows[None, :]) % height
         d_cols = (tap_cols[:, None] - tap_cols[None, :]) % width
         self.p, self.q = np.nonzero((d_rows % s_h == 0) & (d_cols % s_w == 0))
-        out_h, out_w = self.output_size
         cell_rows, cell_cols = d_rows[self.p, self.q] // s_h, d_cols[self.p, self.q] // s_w
-        self.cells = cell_rows * out_w + cell_cols
-        self.reversed_cells = ((-cell_rows) % out_h) * out_w + (-cell_cols) % out_w
+        freq_rows, freq_cols = np.meshgrid(np.arange(out_h), np.arange(out_w // 2 + 1), indexing="ij")
+        # theta[f, pair] = 2 pi <f, d / s> on the output grid.
+        self.theta = 2 * np.pi * (
+            freq_rows.reshape(-1, 1) * cell_rows[None, :] / out_h
+            + freq_cols.reshape(-1, 1) * cell_cols[None, :] / out_w
+        )
+        # A real inverse DFT from half the spectrum counts every frequency
+        # whose conjugate is not in the half twice.
+        own_conjugate = (freq_cols == 0) | (2 * freq_cols == out_w)
+        self.inverse_weights = np.where(own_conjugate, 1.0, 2.0).reshape(-1, 1) / (out_h * out_w)
 
     def _taps(self, kernel):
         kh, kw, channels_in, channels_out = self.kernel_shape
@@ -111,38 +121,39 @@ class LatticePairs:
 
     def grams(self, kernel):
         """``sum_f A(f) A(f)^H / S`` over the aliases of every output
-        frequency: the real FFT, on the output grid, of the autocorrelation
-        ``sum K_p^T K_q`` at the lattice offsets. ``(frequencies, out, out)``,
-        in the ``(H/s_h, W/(2 s_w) + 1)`` layout of ``tf.signal.rfft2d``."""
+        frequency: the DFT, on the output grid, of the autocorrelation
+        ``sum K_p^T K_q`` at the lattice offsets; ``(frequencies, out, out)``."""
         taps = self._taps(kernel)
         channels_out = self.kernel_shape[3]
-        out_h, out_w = self.output_size
-        products = tf.einsum("tio,tiu->tou", tf.gather(taps, self.p), tf.gather(taps, self.q))
-        correlation = tf.scatter_nd(
-            self.cells[:, None], products, (out_h * out_w, channels_out, channels_out)
-        )
-        correlation = tf.reshape(correlation, (out_h, out_w, channels_out, channels_out))
-        spectrum = tf.signal.rfft2d(tf.transpose(correlation, (2, 3, 0, 1)))
-        return tf.reshape(tf.transpose(spectrum, (2, 3, 0, 1)), (-1, channels_out, channels_out))
+        products = tf.matmul(tf.gather(taps, self.p), tf.gather(taps, self.q), transpose_a=True)
+        products = tf.reshape(products, (len(self.p), channels_out * channels_out))
+        real = tf.matmul(tf.constant(np.cos(self.theta), kernel.dtype), products)
+        imaginary = tf.matmul(tf.constant(-np.sin(self.theta), kernel.dtype), products)
+        return tf.reshape(tf.complex(real, imaginary), (-1, channels_out, channels_out))
 
     def multiply(self, kernel, matrices):
         """The kernel whose every spectrum matrix ``M(f)`` (on its input
-        grid) is replaced by ``M(f) T(f)``, restricted to the kernel's taps,
-        where ``T`` (``out x out``, periodic on the output grid) is given as
-        ``matrices`` in the layout of :meth:`grams` (Hermitian-symmetric:
-        ``T(-f)`` the conjugate of ``T(f)``). In space this is the kernel
-        convolved with ``T``'s inverse FFT, which lives on the stride
-        lattice, so only the lattice pairs contribute."""
-        out_h, out_w = self.output_size
+        grid) is replaced by ``M(f) T(f)``, restricted to the kernel's taps.
+
+        ``T`` (``out x out``, periodic on the output grid) is given as
+        ``matrices`` at the frequencies of :meth:`grams` (and is
+        Hermitian-symmetric, ``T(-f)`` the conjugate of ``T(f)``, as a
+        function of those Gram matrices is). In space this is the kernel
+        convolved with ``T``'s inverse DFT, which lives on the stride
+        lattice, so tap ``p`` gets ``sum_q K_q T^(x_q - x_p)`` over the lattice
+        pairs.
+        """
         channels_out = self.kernel_shape[3]
-        half = tf.reshape(matrices, (out_h, out_w // 2 + 1, channels_out, channels_out))
-        spatial = tf.signal.irfft2d(tf.transpose(half, (2, 3, 0, 1)), fft_length=(out_h, out_w))
-        spatial = tf.reshape(tf.transpose(spatial, (2, 3, 0, 1)), (out_h * out_w, channels_out, channels_out))
+        flat = tf.reshape(matrices, (-1, channels_out * channels_out))
+        # T^(-d) = sum_f w_f Re(T(f) e^{-i theta}) for every pair's d.
+        cos, sin = (self.inverse_weights * np.cos(self.theta)).T, (self.inverse_weights * np.sin(self.theta)).T
+        spatial = (tf.matmul(tf.constant(cos, kernel.dtype), tf.math.real(flat))
+                   + tf.matmul(tf.constant(sin, kernel.dtype), tf.math.imag(flat)))
+        spatial = tf.reshape(spatial, (len(self.p), channels_out, channels_out))
         taps = self._taps(kernel)
-        terms = tf.einsum(
-            "tio,tou->tiu", tf.gather(taps, self.q), tf.gather(spatial, self.reversed_cells)
+        result = tf.math.unsorted_segment_sum(
+            tf.matmul(tf.gather(taps, self.q), spatial), self.p, taps.shape[0]
         )
-        result = tf.math.unsorted_segment_sum(terms, self.p, taps.shape[0])
         return tf.reshape(result, self.kernel_shape)
 
 

@@ -16,7 +16,8 @@ Two ways to the same eigenvalues, whichever decomposes smaller matrices:
   lattice, so the folded Gram matrices are the DFT, on the ``H/s_h x W/s_w``
   output grid, of ``C`` subsampled at multiples of the stride. That costs a
   few small matrix products instead of a product per frequency, and the
-  real FFT's symmetry (``C_{-d} = C_d^T``) halves the decompositions.
+  symmetry ``C_{-d} = C_d^T`` (the matrices at ``-f`` are the conjugates)
+  halves the decompositions.
 * **Input side** (``out > in S``): the FFT of the kernel embedded in the
   input grid gives every ``A(f)``; each output frequency's ``S`` aliases
   form one ``(in S) x out`` block, whose small Gram matrix is decomposed.
@@ -63,7 +64,7 @@ def _plan(geometry, kernel_shape):
     out_h, out_w = height // s_h, width // s_w
     channels_in, channels_out = int(kernel_shape[2]), int(kernel_shape[3])
     if channels_out <= channels_in * s_h * s_w:
-        return "output", out_h * (out_w // 2 + 1), channels_out
+        return "output", (out_h * out_w) // 2 + 2, channels_out
     return "input", out_h * out_w, channels_in * s_h * s_w
 
 
@@ -86,11 +87,11 @@ class LatticePairs:
     ``d = x_p - x_q`` (modulo the grid) is a multiple of the strides; ``d /
     s`` is then a cell of the ``H/s_h x W/s_w`` output grid. These pairs
     carry both the folded Gram matrices (:meth:`grams`) and the products of
-    the kernel with a per-frequency matrix (:meth:`multiply`). The output
-    grid's frequencies are those of ``tf.signal.rfft2d`` (``H/s_h x
-    (W/s_w) // 2 + 1``, the rest being conjugates), and the few pairs make
-    a direct DFT (one real matrix product) cheaper than scattering onto the
-    grid and transforming it.
+    the kernel with a per-frequency matrix (:meth:`multiply`), at one
+    frequency of every conjugate pair ``f, -f`` of the output grid (about
+    half of them; a real kernel's matrices at ``-f`` are the conjugates).
+    The few pairs make a direct DFT (real matrix products) cheaper than
+    scattering onto the grid and transforming it.
     """
 
     def __init__(self, geometry, kernel_shape):
@@ -104,16 +105,22 @@ class LatticePairs:
         d_cols = (tap_cols[:, None] - tap_cols[None, :]) % width
         self.p, self.q = np.nonzero((d_rows % s_h == 0) & (d_cols % s_w == 0))
         cell_rows, cell_cols = d_rows[self.p, self.q] // s_h, d_cols[self.p, self.q] // s_w
-        freq_rows, freq_cols = np.meshgrid(np.arange(out_h), np.arange(out_w // 2 + 1), indexing="ij")
+        # One frequency of every conjugate pair f, -f of the output grid:
+        # the Gram matrices at -f are the conjugates, with the same spectra.
+        freq_rows, freq_cols = np.meshgrid(np.arange(out_h), np.arange(out_w), indexing="ij")
+        freq_rows, freq_cols = freq_rows.ravel(), freq_cols.ravel()
+        flat, conjugate = freq_rows * out_w + freq_cols, (-freq_rows % out_h) * out_w + (-freq_cols % out_w)
+        keep = flat <= conjugate
+        freq_rows, freq_cols = freq_rows[keep], freq_cols[keep]
         # theta[f, pair] = 2 pi <f, d / s> on the output grid.
         self.theta = 2 * np.pi * (
-            freq_rows.reshape(-1, 1) * cell_rows[None, :] / out_h
-            + freq_cols.reshape(-1, 1) * cell_cols[None, :] / out_w
+            freq_rows[:, None] * cell_rows[None, :] / out_h
+            + freq_cols[:, None] * cell_cols[None, :] / out_w
         )
-        # A real inverse DFT from half the spectrum counts every frequency
-        # whose conjugate is not in the half twice.
-        own_conjugate = (freq_cols == 0) | (2 * freq_cols == out_w)
-        self.inverse_weights = np.where(own_conjugate, 1.0, 2.0).reshape(-1, 1) / (out_h * out_w)
+        # A real inverse DFT from these counts every frequency whose
+        # conjugate is another one twice.
+        own_conjugate = (flat == conjugate)[keep]
+        self.inverse_weights = np.where(own_conjugate, 1.0, 2.0)[:, None] / (out_h * out_w)
 
     def _taps(self, kernel):
         kh, kw, channels_in, channels_out = self.kernel_shape

@@ -58,13 +58,13 @@ def strides_divide(geometry):
 
 
 def _plan(geometry, kernel_shape):
-    """``(side, matrices, n)``: which Gram matrices are decomposed, how many,
-    and their size."""
+    """``(side, matrices, n)``: which Gram matrices are decomposed, how many
+    (at most), and their size."""
     (height, width), (s_h, s_w) = geometry.input_size, geometry.strides
     out_h, out_w = height // s_h, width // s_w
     channels_in, channels_out = int(kernel_shape[2]), int(kernel_shape[3])
     if channels_out <= channels_in * s_h * s_w:
-        return "output", (out_h * out_w) // 2 + 2, channels_out
+        return "output", (out_h * out_w) // 2 + 2, channels_out  # one of each pair f, -f
     return "input", out_h * out_w, channels_in * s_h * s_w
 
 

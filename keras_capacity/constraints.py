@@ -163,6 +163,7 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
         return (
             self.has_lipschitz
             and self.mode == "radial"
+            and self.geometry is not None
             and not circular.has_exact_norm(self.geometry, self.kernel_shape)
         )
 

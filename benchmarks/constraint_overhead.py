@@ -10,7 +10,6 @@ kernel, projecting with `every=15` and `every=1`, and their ratios.
 
 import argparse
 import os
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -18,6 +17,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_capacity as kc  # noqa: E402
+from step_timer import StepTimer  # noqa: E402  (benchmarks/, the script's folder)
 
 
 def build(constraint_factory):
@@ -33,17 +33,6 @@ def build(constraint_factory):
     model.compile(keras.optimizers.SGD(0.01, momentum=0.9),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     return model
-
-
-class StepTimer(keras.callbacks.Callback):
-    def on_train_batch_begin(self, batch, logs=None):
-        self.start = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.times.append(time.perf_counter() - self.start)
-
-    def on_train_begin(self, logs=None):
-        self.times = []
 
 
 def median_step(model, x, y, steps, warmup):

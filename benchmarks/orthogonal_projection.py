@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_capacity as kc  # noqa: E402
+from step_timer import StepTimer  # noqa: E402  (benchmarks/, the script's folder)
 from keras_capacity import circular  # noqa: E402
 
 
@@ -50,18 +51,6 @@ def projection_times(mode, repeats):
     norm = tf.function(lambda kernel: circular.spectral_norm(kernel, constraint.geometry))
     kernel = tf.constant(1.5 * conv.kernel.numpy())
     return median_time(project, kernel, repeats), median_time(norm, kernel, repeats)
-
-
-class StepTimer(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.times = []
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self.start = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.times.append(time.perf_counter() - self.start)
 
 
 def build(mode):

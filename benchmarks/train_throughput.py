@@ -32,23 +32,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_capacity as kc  # noqa: E402
+from step_timer import StepTimer  # noqa: E402  (benchmarks/, the script's folder)
 from keras_capacity import data, models  # noqa: E402
 
 BATCH = 128
-
-
-class StepTimer(keras.callbacks.Callback):
-    """Collects step times (the input is read inside the step)."""
-
-    def __init__(self):
-        super().__init__()
-        self.times = []
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self.start = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.times.append(time.perf_counter() - self.start)
 
 
 def build(**constraints):

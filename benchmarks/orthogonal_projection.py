@@ -6,10 +6,10 @@
    feasibility step) of a 64->64 3x3 CircularConv2D on a 32x32 input, as
    compiled in the train step: the median over ``--repeats`` calls, with the
    feasibility step's exact norm alone and the radial projection of the same
-   kernel for comparison. Also the floor of any exact method: TensorFlow's
-   batched eigendecomposition (``eigh``) of the kernel's Gram matrices alone,
-   one per frequency up to conjugation, and their eigenvalues alone
-   (``eigvalsh``, what the feasibility step needs).
+   kernel for comparison. Also what an exact projection cannot go below with
+   TensorFlow's solver: its batched eigendecomposition (``eigh``) of the
+   kernel's Gram matrices alone, one per frequency up to conjugation, and
+   their eigenvalues alone (``eigvalsh``, what the feasibility step needs).
 2. The training-step ratio: five 64-channel 3x3 CircularConv2D layers (ReLU)
    on 32x32x3 inputs and a Dense head, batch 128, `model.fit` on random
    data, unconstrained and with `LipDist(1.0, 50, mode=..., every=15)` on

@@ -22,8 +22,9 @@ import time
 
 from absl import app, flags
 
-from keras_capacity import data as datasets
-from keras_capacity import models, optimizers, runs
+from keras_capacity.training import data as datasets
+from keras_capacity import models
+from keras_capacity.training import optimizers, runs
 
 FLAGS = flags.FLAGS
 
@@ -246,14 +247,14 @@ def write_hparams(log_dir, values, metrics):
 
 def write_capacity_report(run_dir, model, data):
     """The run is complete once summary.json exists; a report that fails
-    says so and leaves it as it is (rerun `python -m keras_capacity.report`)."""
-    from keras_capacity import report
+    says so and leaves it as it is (rerun `python -m keras_capacity.training.report`)."""
+    from keras_capacity.training import report
 
     try:
         report.write_report(run_dir, model, data)
     except Exception as error:  # noqa: BLE001  the training result must survive
         print(f"The capacity report failed ({type(error).__name__}: {error}); the run "
-              f"itself is complete. Retry: python -m keras_capacity.report {run_dir}",
+              f"itself is complete. Retry: python -m keras_capacity.training.report {run_dir}",
               file=sys.stderr)
     else:
         print(f"capacity report: {run_dir}/report.md")
@@ -271,7 +272,8 @@ def main(argv):
     import keras
 
     import keras_capacity as kc
-    from keras_capacity import callbacks, measure
+    from keras_capacity import measure
+    from keras_capacity.training import callbacks
 
     strategy = create_strategy(FLAGS.strategy)
     replicas = strategy.num_replicas_in_sync

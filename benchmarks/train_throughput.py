@@ -3,7 +3,7 @@
     python benchmarks/train_throughput.py [--images 4992] [--epochs 12]
 
 simple_convnet6 with 64 channels, batch 128, on CIFAR-shaped data (the
-bundled shapes10 images through `keras_capacity.data.load`, the training
+bundled shapes10 images through `keras_capacity.training.data.load`, the training
 program's pipeline). Four models train side by side: unconstrained; the
 reference's settings (lip 2.0,0.8,1.4,1.0, dist 90,90,90,90, proj_freq 15,
 n_proj 1) with the radial and with the orthogonal projection; and
@@ -33,7 +33,8 @@ import tensorflow as tf  # noqa: E402
 
 import keras_capacity as kc  # noqa: E402
 from step_timer import StepTimer  # noqa: E402  (benchmarks/, the script's folder)
-from keras_capacity import data, models  # noqa: E402
+from keras_capacity import models  # noqa: E402
+from keras_capacity.training import data  # noqa: E402
 
 BATCH = 128
 

@@ -1,4 +1,4 @@
-"""Writes keras_capacity/datasets/shapes10.npz, the bundled offline dataset.
+"""Writes keras_capacity/training/datasets/shapes10.npz, the bundled offline dataset.
 
     python scripts/make_shapes10.py
 
@@ -70,7 +70,7 @@ def main():
     rng = np.random.default_rng(20221128)
     x_train, y_train = make(5000, rng)
     x_test, y_test = make(1000, rng)
-    path = os.path.join(os.path.dirname(__file__), "..", "keras_capacity", "datasets", "shapes10.npz")
+    path = os.path.join(os.path.dirname(__file__), "..", "keras_capacity", "training", "datasets", "shapes10.npz")
     np.savez_compressed(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
                         class_names=np.array(CLASSES))
     print(f"wrote {os.path.normpath(path)}: {os.path.getsize(path) / 1e6:.2f} MB")

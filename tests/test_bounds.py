@@ -221,7 +221,7 @@ def test_needs_bound_kernels():
 
 
 def test_certified_accuracy_and_its_guarantee():
-    from keras_capacity import report
+    from keras_capacity.training import report
 
     shares = report.certified_accuracy([-1.0, 0.5, 2.0, 4.0], lipschitz=2.0, radii=(0.0, 0.5, 1.0, 2.0))
     # radii m / (sqrt(2) L): 0.177, 0.707, 1.414; the misclassified point never counts.

@@ -79,7 +79,7 @@ def test_flag_file_and_bundled_data(tmp_path):
     for figure in ("constraints.png", "bounds.png", "margins.png"):
         image = tf.io.decode_png(tf.io.read_file(str(run_dir / figure)))
         assert image.shape[0] > 100 and image.shape[1] > 100
-    cli = subprocess.run([sys.executable, "-m", "keras_capacity.report", str(run_dir)], cwd=ROOT,
+    cli = subprocess.run([sys.executable, "-m", "keras_capacity.training.report", str(run_dir)], cwd=ROOT,
                          env=environment(), capture_output=True, text=True, timeout=300)
     assert cli.returncode == 0, cli.stderr[-2000:]
     assert json.loads((run_dir / "report.json").read_text())["bounds"] == report["bounds"]

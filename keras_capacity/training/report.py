@@ -1,6 +1,6 @@
 """The capacity report of a finished training run.
 
-    python -m keras_capacity.report RUN_DIR
+    python -m keras_capacity.training.report RUN_DIR
 
 Reads the run's ``flags.txt``, ``summary.json`` and ``model_final.keras``,
 measures the bounds' quantities on its training data, and writes into
@@ -21,7 +21,8 @@ import sys
 
 import numpy as np
 
-from keras_capacity import bounds, measure, runs
+from keras_capacity import bounds, measure
+from keras_capacity.training import runs
 
 RADII = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0)
 MARGIN_RANGE = tuple(np.geomspace(0.1, 100, 25))
@@ -123,11 +124,11 @@ def _markdown(summary, rows, values, quantities, certified):
 
 def write_report(run_dir, model=None, data=None):
     """Writes the report of the finished run in ``run_dir``; ``model`` and
-    ``data`` (a :class:`keras_capacity.data.Data`) default to the run's
+    ``data`` (a :class:`keras_capacity.training.data.Data`) default to the run's
     final model and the data its flags name. Returns the report's dict."""
     import keras
 
-    from keras_capacity import data as datasets
+    from keras_capacity.training import data as datasets
 
     summary = runs.read_summary(run_dir)
     if model is None:
@@ -158,7 +159,7 @@ def write_report(run_dir, model=None, data=None):
 
 def main(argv):
     if len(argv) != 2 or not os.path.exists(os.path.join(argv[1], runs.SUMMARY_FILE)):
-        print("usage: python -m keras_capacity.report RUN_DIR  (a finished run of "
+        print("usage: python -m keras_capacity.training.report RUN_DIR  (a finished run of "
               "train_main.py, with summary.json)", file=sys.stderr)
         return 2
     write_report(argv[1])

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_capacity import optimizers
+from keras_capacity.training import optimizers
 
 
 def run(optimizer, w0, gradients):

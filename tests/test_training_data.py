@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_capacity import data
+from keras_capacity.training import data
 
 
 def test_bundled_dataset_statistics_and_shapes():

@@ -8,6 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_capacity import circular
+from keras_capacity import constraint_values
 from keras_capacity import operators
 from keras_capacity import orthogonal
 from keras_capacity import projections
@@ -22,25 +23,6 @@ DISTANCE_TOLERANCE = 1e-5
 # projection.
 TRACKED_DIRECTIONS = 4
 PROBE_WEIGHT = 0.5
-
-
-def _bound_value(name, value, minimum_inclusive):
-    if value is None:
-        return math.inf
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"LipDist: `{name}` must be a number, got {value!r}."
-        ) from None
-    too_small = value < 0 if minimum_inclusive else value <= 0
-    if math.isnan(value) or too_small:
-        allowed = ">= 0" if minimum_inclusive else "> 0"
-        raise ValueError(
-            f"LipDist: `{name}` must be {allowed} or inf (no constraint), "
-            f"got {value!r}."
-        )
-    return value
 
 
 def _positive_int(name, value):
@@ -133,8 +115,8 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
 
     def __init__(self, lip=math.inf, dist=math.inf, *, mode="radial", n_iter=1, every=1):
         keras.layers.Layer.__init__(self, trainable=False)
-        self.lip = _bound_value("lip", lip, minimum_inclusive=False)
-        self.dist = _bound_value("dist", dist, minimum_inclusive=True)
+        self.lip = constraint_values.check_bound(lip, constraint_values.LIPSCHITZ, "LipDist: `lip`")
+        self.dist = constraint_values.check_bound(dist, constraint_values.DISTANCE, "LipDist: `dist`")
         if mode not in MODES:
             raise ValueError(
                 f"LipDist: unknown mode {mode!r}; expected one of {MODES}."
@@ -318,12 +300,18 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
         return kernel, block
 
     def _checked(self, w):
+        """``w``, after checking that its squared norm is finite: NaN, inf,
+        or values whose products overflow (which would break the norm's
+        Gram matrices) end training with a message naming the kernel."""
         where = self._require_bound(w)
-        return tf.debugging.assert_all_finite(
-            tf.convert_to_tensor(w),
-            f"LipDist: the kernel {where!r} holds NaN or inf before "
-            "projection (diverging training?).",
+        w = tf.convert_to_tensor(w)
+        check = tf.debugging.assert_all_finite(
+            tf.reduce_sum(tf.square(w)),
+            f"LipDist: the kernel {where!r} holds NaN, inf or values too large to square "
+            "before projection (diverging training?).",
         )
+        with tf.control_dependencies([check]):
+            return tf.identity(w)
 
     def project(self, kernel, n_iter=None):
         """Projects ``kernel`` now with ``n_iter`` rounds (default: the

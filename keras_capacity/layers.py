@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 
-from keras_capacity import operators
+from keras_capacity import constraint_values, operators
 
 
 @keras.saving.register_keras_serializable(package="keras_capacity")
@@ -97,7 +97,7 @@ class SimplexClassifier(keras.layers.Dense):
 
     Args:
         num_classes: ``K >= 2``.
-        lip: an optional Lipschitz bound, ``> 0``.
+        lip: an optional Lipschitz bound, ``> 0``; ``None`` or ``inf`` for none.
     """
 
     def __init__(self, num_classes, lip=None, **kwargs):
@@ -105,13 +105,13 @@ class SimplexClassifier(keras.layers.Dense):
             raise ValueError(
                 f"SimplexClassifier: num_classes must be an integer >= 2, got {num_classes!r}."
             )
-        if lip is not None and not (float(lip) > 0):
-            raise ValueError(f"SimplexClassifier: lip must be > 0 or None, got {lip!r}.")
+        lip = constraint_values.check_bound(lip, constraint_values.LIPSCHITZ,
+                                            "SimplexClassifier: `lip`")
         for fixed in ("units", "use_bias", "trainable"):
             kwargs.pop(fixed, None)
         super().__init__(num_classes, use_bias=False, trainable=False, **kwargs)
         self.num_classes = num_classes
-        self.lip = None if lip is None else float(lip)
+        self.lip = lip
 
     @property
     def simplex_lipschitz(self):
@@ -121,8 +121,7 @@ class SimplexClassifier(keras.layers.Dense):
     @property
     def lipschitz_constant(self):
         """The layer's Lipschitz constant: the simplex's, or ``lip`` if smaller."""
-        natural = self.simplex_lipschitz
-        return natural if self.lip is None else min(natural, self.lip)
+        return min(self.simplex_lipschitz, self.lip)
 
     def build(self, input_shape):
         dim = input_shape[-1]
@@ -159,7 +158,7 @@ class PoolingShortcut(keras.layers.Layer):
     reached by inputs that differ in one pixel.
 
     Args:
-        lip: an optional Lipschitz bound ``> 0``; when below ``sqrt(2)`` the
+        lip: an optional Lipschitz bound ``> 0`` (``None`` or ``inf``: none); when below ``sqrt(2)`` the
             output is scaled by ``lip / sqrt(2)`` (the shortcut entry of the
             models' constraint lists, which the reference ignores).
     """
@@ -167,14 +166,12 @@ class PoolingShortcut(keras.layers.Layer):
     def __init__(self, lip=None, **kwargs):
         kwargs.pop("trainable", None)
         super().__init__(trainable=False, **kwargs)
-        if lip is not None and not (float(lip) > 0):
-            raise ValueError(f"PoolingShortcut: lip must be > 0 or None, got {lip!r}.")
-        self.lip = None if lip is None else float(lip)
+        self.lip = constraint_values.check_bound(lip, constraint_values.LIPSCHITZ,
+                                                 "PoolingShortcut: `lip`")
 
     @property
     def lipschitz_constant(self):
-        natural = float(np.sqrt(2.0))
-        return natural if self.lip is None else min(natural, self.lip)
+        return min(float(np.sqrt(2.0)), self.lip)
 
     def call(self, inputs):
         height, width = inputs.shape[1], inputs.shape[2]

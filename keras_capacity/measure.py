@@ -241,7 +241,7 @@ def _row(layer):
     build = layer.get_build_config() if layer.built else None
     shape = tuple(build["input_shape"]) if build else None
     if isinstance(layer, (capacity_layers.SimplexClassifier, capacity_layers.PoolingShortcut)):
-        lip_bound = math.inf if layer.lip is None else layer.lip
+        lip_bound = layer.lip
         dist_bound, distance = 0.0, 0.0
         lipschitz = layer.lipschitz_constant
     elif isinstance(layer, keras.layers.BatchNormalization):

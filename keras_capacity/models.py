@@ -18,55 +18,21 @@ start at pixel 0 rather than PyTorch's -1, a one-pixel shift of the same
 pooling.
 """
 
-import math
-
 import keras
 
+from keras_capacity import constraint_values
 from keras_capacity.constraints import LipDist
 from keras_capacity.layers import CircularConv2D, PoolingShortcut, SimplexClassifier
 
 FIRST, INNER, SHORTCUT, CLASSIFIER = range(4)
 
 
-def constraint_list(name, values):
-    """The four bounds of ``values`` as floats, ``inf`` where unconstrained.
-
-    ``-1``, ``None`` and ``inf`` mean unconstrained; any other negative
-    value, a non-number or a length other than four is a ``ValueError``.
-    """
-    try:
-        entries = list(values)
-    except TypeError:
-        entries = None
-    if entries is None or len(entries) != 4:
-        raise ValueError(
-            f"{name} must have four entries (first conv, convs inside blocks, "
-            f"shortcut, classifier), got {values!r}."
-        )
-    bounds = []
-    for entry in entries:
-        if entry is None:
-            bounds.append(math.inf)
-            continue
-        try:
-            number = float(entry)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name}: {entry!r} is not a number (in {values!r}).") from None
-        if math.isnan(number) or (number < 0 and number != -1):
-            raise ValueError(
-                f"{name}: {entry!r} is not allowed (in {values!r}); use a "
-                "non-negative bound, or -1, None or inf for none."
-            )
-        bounds.append(math.inf if number == -1 else number)
-    return tuple(bounds)
-
-
 class _Builder:
     """Creates the constrained layers of one model with shared settings."""
 
     def __init__(self, lip, dist, mode, n_iter, every):
-        self.lip = constraint_list("lip", lip)
-        self.dist = constraint_list("dist", dist)
+        self.lip = constraint_values.constraint_list("lip", lip, constraint_values.LIPSCHITZ)
+        self.dist = constraint_values.constraint_list("dist", dist, constraint_values.DISTANCE)
         self.mode, self.n_iter, self.every = mode, n_iter, every
 
     def constraint(self, entry):
@@ -90,8 +56,7 @@ class _Builder:
         )(x)
 
     def simplex_head(self, x, num_classes, name):
-        lip = self.lip[CLASSIFIER]
-        return SimplexClassifier(num_classes, lip=None if lip == math.inf else lip, name=name)(x)
+        return SimplexClassifier(num_classes, lip=self.lip[CLASSIFIER], name=name)(x)
 
 
 def _max_pool(x, name):
@@ -192,8 +157,7 @@ def _preact_block(build, x, planes, downsample, batch_norm, name):
 
     out = keras.layers.ReLU(name=f"{name}_relu1")(norm(x, "bn1"))
     if downsample:
-        lip = build.lip[SHORTCUT]
-        shortcut = PoolingShortcut(lip=None if lip == math.inf else lip,
+        shortcut = PoolingShortcut(lip=build.lip[SHORTCUT],
                                    name=f"{name}_shortcut")(out)
         identity = norm(shortcut, "shortcut_bn")
     else:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import keras_capacity as kc
-from keras_capacity import measure, models
+from keras_capacity import constraint_values, measure, models
 
 LIP = (2.0, 0.8, 1.4, 1.0)
 DIST = (90, 90, 90, 0)
@@ -101,7 +101,15 @@ def test_bad_constraint_lists(bad):
 
 
 def test_unconstrained_spellings():
-    assert models.constraint_list("dist", (-1, None, math.inf, 0)) == (math.inf,) * 3 + (0.0,)
+    spellings = (-1, None, math.inf, 0)
+    assert constraint_values.constraint_list("dist", spellings, "dist") == (math.inf,) * 3 + (0.0,)
+    assert constraint_values.constraint_list("lip", "-1,inf,None,2", "lip") == (math.inf,) * 3 + (2.0,)
+
+
+@pytest.mark.parametrize("bad", [(0, 1, 1, 1), "1,0,1,1"])
+def test_a_zero_lipschitz_bound_is_refused(bad):
+    with pytest.raises(ValueError, match=r"must be > 0"):
+        models.simple_convnet6(10, n_channels=8, lip=bad)
 
 
 def test_other_bad_arguments():

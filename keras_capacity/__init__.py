@@ -5,7 +5,12 @@ norm distance to initialization (Graf et al., NeurIPS 2022), and the numbers
 the Rademacher-complexity bounds are made of.
 """
 
-import keras
+from keras_capacity import _startup
+
+if _startup.started_as_command():
+    _startup.import_tensorflow_quietly()
+
+import keras  # noqa: E402
 
 if keras.backend.backend() != "tensorflow":
     raise ImportError(

@@ -1,42 +1,48 @@
-"""train_main.py end to end: flag files, data, strategies, resuming, bad input.
-
-Runs the program in subprocesses (as users do); the in-process tests call
-its validation directly.
-"""
+"""The commands as users run them (subprocesses): train_main.py and
+keras-capacity-report end to end, resuming after a kill, strategies, and
+one-line errors for bad input and damaged runs."""
 
 import json
 import os
+import pty
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import time
 
 import keras
 import numpy as np
 import pytest
-from absl import app, flags
 
 import keras_capacity as kc
-import train_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--dataset=shapes10", "--arch=simple_convnet6", "--n_channels=8",
          "--limit_to=256", "--bs=64", "--epochs=2", "--lr=0.05",
          "--lip=2,1.5,-1,2", "--dist=4,4,-1,2", "--proj_freq=1"]
+# What TensorFlow writes to standard error when it starts, unless silenced.
+STARTUP_NOISE = ("cudart_stub", "oneDNN custom operations", "absl::InitializeLog", "cuInit")
 
 
 def environment(**extra):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    env.pop("TF_CONFIG", None)
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    for name in ("TF_CONFIG", "TF_CPP_MIN_LOG_LEVEL"):
+        env.pop(name, None)
     env.update(extra)
     return env
 
 
-def run(args, env=None, timeout=300):
+def run(args, env=None, timeout=300, program=("train_main.py",)):
     return subprocess.run(
-        [sys.executable, os.path.join(ROOT, "train_main.py"), *args], cwd=ROOT,
-        env=env or environment(), capture_output=True, text=True, timeout=timeout,
+        [sys.executable, *program, *args], cwd=ROOT, env=env or environment(),
+        capture_output=True, text=True, timeout=timeout,
     )
+
+
+def report(*args):
+    return run(list(args), program=("-m", "keras_capacity.training.report"))
 
 
 def k0_of(path):
@@ -45,81 +51,174 @@ def k0_of(path):
             for _, c in kc.binding.constrained_layers(model)}
 
 
-def test_flag_file_and_bundled_data(tmp_path):
-    flagfile = tmp_path / "run.flags"
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """``train_main.py`` run from a flag file that a later flag overrides."""
+    folder = tmp_path_factory.mktemp("cli")
+    flagfile = folder / "run.flags"
     flagfile.write_text("\n".join(SMALL + ["--epochs=5"]) + "\n")
-    run_dir = tmp_path / "run"
+    run_dir = folder / "run"
     result = run([f"--flagfile={flagfile}", "--epochs=2", f"--logdir={run_dir}"])
     assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir, result
+
+
+def test_flag_file_run_end_to_end(finished_run):
+    run_dir, result = finished_run
     saved = (run_dir / "flags.txt").read_text()
     assert "--epochs=2\n" in saved and "--lip=2,1.5,-1,2\n" in saved  # later flags win
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["all_constraints_hold"] and summary["epochs_this_session"] == 2
-    assert summary["images_per_s"] > 0 and summary["wall_time_s"] > 0
+    assert summary["all_constraints_hold"] and summary["epochs"] == 2
     layers = {row["name"]: row for row in summary["layers"]}
-    assert layers["block1_conv1"]["lip_constraint"] == 2.0
-    assert layers["block1_conv1"]["dist_constraint"] == 4.0
-    assert "every constraint holds: yes" in result.stdout
-    assert "constraints: 6/6 hold" in result.stdout  # the per-epoch line
-    # The final model has the original K0, and its measured values are the summary's.
+    assert (layers["block1_conv1"]["lip_constraint"], layers["block1_conv1"]["dist_constraint"]) \
+        == (2.0, 4.0)
+    # Progress, phase by phase, and the constraint line of every epoch on its own line.
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("epoch 2: ") and "constraints: 6/6 hold" in line for line in lines)
+    for phase in ("final projection (15 rounds) ...", "evaluating on the training and test data",
+                  "writing the capacity report ...", "every constraint holds: yes"):
+        assert phase in result.stdout
+    assert not any(noise in result.stderr for noise in STARTUP_NOISE), result.stderr[:2000]
+    # The final model keeps the original K0, and its measured values are the summary's.
     initial, final = k0_of(run_dir / "model_init.keras"), k0_of(run_dir / "model_final.keras")
     for name in initial:
         np.testing.assert_array_equal(initial[name], final[name])
     model = keras.models.load_model(run_dir / "model_final.keras", compile=False)
     assert kc.lipschitz(model.get_layer("block2_conv1")) == pytest.approx(
         layers["block2_conv1"]["lipschitz"], rel=1e-6)
-    tensorboard = run_dir / "tensorboard"
-    assert {"layers", "gaps", "margins", "hparams", "train"} <= set(os.listdir(tensorboard))
-    assert "block3_conv1" in os.listdir(tensorboard / "layers")
-    # The capacity report: its table is the summary's, its figures are PNGs.
-    report = json.loads((run_dir / "report.json").read_text())
-    assert report["layers"] == summary["layers"] and len(report["bounds"]) == 12
-    assert "## Bounds" in (run_dir / "report.md").read_text()
+    assert {"layers", "gaps", "margins", "hparams", "train"} <= set(os.listdir(run_dir / "tensorboard"))
+    # Run again from its own flag file: a finished run, not trained again.
+    again = run([f"--flagfile={run_dir / 'flags.txt'}", f"--logdir={run_dir}"])
+    assert again.returncode == 0 and "is a finished run" in again.stdout
+
+
+def test_report_command(finished_run, tmp_path):
+    run_dir, _ = finished_run
+    report_json = json.loads((run_dir / "report.json").read_text())
+    assert report_json["layers"] == json.loads((run_dir / "summary.json").read_text())["layers"]
     import tensorflow as tf
     for figure in ("constraints.png", "bounds.png", "margins.png"):
         image = tf.io.decode_png(tf.io.read_file(str(run_dir / figure)))
         assert image.shape[0] > 100 and image.shape[1] > 100
-    cli = subprocess.run([sys.executable, "-m", "keras_capacity.training.report", str(run_dir)], cwd=ROOT,
-                         env=environment(), capture_output=True, text=True, timeout=300)
-    assert cli.returncode == 0, cli.stderr[-2000:]
-    assert json.loads((run_dir / "report.json").read_text())["bounds"] == report["bounds"]
-    # Reproducing: the saved flag file with the same directory is a finished run.
-    again = run([f"--flagfile={run_dir / 'flags.txt'}", f"--logdir={run_dir}"])
-    assert again.returncode == 0 and "finished run" in again.stdout
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    os.remove(copy / "report.md")
+    result = report(str(copy))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (copy / "report.md").exists()
+    assert json.loads((copy / "report.json").read_text())["bounds"] == report_json["bounds"]
+    for flag in ("--help", "-h"):
+        helped = report(flag)
+        assert helped.returncode == 0 and "usage: keras-capacity-report" in helped.stdout
 
 
-def test_mock_cifar10_two_steps(tmp_path):
-    code = (
-        "import sys, tensorflow_datasets as tfds; from absl import app; import train_main\n"
-        "with tfds.testing.mock_data(num_examples=64):\n"
-        "    app.run(train_main.main, argv=sys.argv)\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code, "--dataset=cifar10", "--arch=simple_convnet6",
-         "--n_channels=8", "--bs=32", "--epochs=1", f"--logdir={tmp_path / 'run'}",
-         "--lip=1,1,1,1", "--dist=5,5,5,5"],
-        cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "64 training images" in result.stdout and "2/2" in result.stdout
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["all_constraints_hold"]
+def damaged_copies(run_dir, tmp_path):
+    """``(name, damage, expected message)`` for the report's inputs."""
+    def truncate(path):
+        path.write_bytes(path.read_bytes()[:200])
+
+    def drop_keys(path):
+        summary = json.loads(path.read_text())
+        del summary["layers"]
+        path.write_text(json.dumps(summary))
+
+    return [
+        ("summary.json", truncate, "summary.json is damaged"),
+        ("summary.json", drop_keys, "summary.json lacks \\['layers'\\]"),
+        ("model_final.keras", truncate, "model_final.keras is damaged"),
+        ("model_final.keras", lambda p: p.write_bytes(b"garbage" * 100), "model_final.keras is damaged"),
+        ("model_final.keras", os.remove, "model_final.keras is missing"),
+    ]
 
 
-def test_mirrored_on_two_cpu_devices(tmp_path):
-    result = run(SMALL + ["--strategy=mirrored", "--cpu_devices=2", f"--logdir={tmp_path / 'r'}",
-                          "--epochs=1"])
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "2 replica(s)" in result.stdout
-    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
-    assert summary["replicas"] == 2 and summary["all_constraints_hold"]
+def test_report_on_damaged_runs_is_one_line(finished_run, tmp_path):
+    import re
+
+    run_dir, _ = finished_run
+    for index, (name, damage, message) in enumerate(damaged_copies(run_dir, tmp_path)):
+        copy = tmp_path / f"run{index}"
+        shutil.copytree(run_dir, copy)
+        os.remove(copy / "report.md")
+        damage(copy / name)
+        before = {p: os.path.getmtime(copy / p) for p in os.listdir(copy)}
+        result = report(str(copy))
+        assert result.returncode == 2, (name, result.stdout[-500:], result.stderr[-2000:])
+        errors = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(errors) == 1 and errors[0].startswith("error: "), result.stderr[-2000:]
+        assert re.search(message, errors[0]), errors[0]
+        assert {p: os.path.getmtime(copy / p) for p in os.listdir(copy)} == before  # nothing written
+
+
+def test_summary_damage_ends_the_training_command_in_one_line(finished_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(finished_run[0], copy)
+    (copy / "summary.json").write_text('{"train_loss": 0.')
+    result = run([f"--flagfile={copy / 'flags.txt'}", f"--logdir={copy}"])
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "summary.json is damaged" in result.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--lip=0,1.5,-1,2"], "error: --lip entry 1 (first) must be > 0"),
+    (["--seed=-1"], "error: --seed must be >= 0"),
+    (["--n_channels=0"], "error: --n_channels must be >= 1"),
+    (["--lr=nan"], "error: --lr must be a finite number"),
+    (["--milestones=-5,-3"], "error: --milestones must be increasing epochs >= 1"),
+    (["--momentum=1.5"], "error: --momentum"),
+    (["--dataset=mnist"], "--dataset"),
+    (["--optimizer=rmsprop"], "--optimizer"),
+    (["--strategy=mirrored", "--cpu_devices=2", "--bs=63"], "error: --bs=63 is not divisible by the 2"),
+    (["--strategy=multi_worker"], "error: --strategy=multi_worker needs TF_CONFIG"),
+    (["--flagfile=/nonexistent/missing.flags"], "missing.flags"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
+    run_dir = tmp_path / "never"
+    result = run(SMALL + args + [f"--logdir={run_dir}"], timeout=120)
+    assert result.returncode != 0, args
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) <= 2 and any(message in line for line in errors), result.stderr[-3000:]
+    assert not run_dir.exists(), args
+
+
+def test_missing_cifar_is_one_line_within_seconds(tmp_path):
+    started = time.monotonic()
+    result = run(SMALL + ["--dataset=cifar10", f"--data_dir={tmp_path / 'tfds'}",
+                          f"--logdir={tmp_path / 'run'}"], timeout=120)
+    assert time.monotonic() - started < 30
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and "cifar10 is not prepared in" in errors[0]
+    assert "keras-capacity-data prepare cifar10" in errors[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_in_a_terminal_the_constraint_line_has_its_own_line(tmp_path):
+    parent, child = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "train_main.py", *SMALL, "--epochs=1", f"--logdir={tmp_path / 'r'}"],
+        cwd=ROOT, env=environment(), stdout=child, stderr=subprocess.DEVNULL)
+    os.close(child)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(parent, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+    process.wait(timeout=300)
+    os.close(parent)
+    text = output.decode(errors="replace").replace("\r", "\n")
+    assert process.returncode == 0, text[-2000:]
+    assert any(line.startswith("epoch 1: loss") for line in text.split("\n")), text[-2000:]
 
 
 @pytest.mark.slow
 def test_kill_during_epoch_2_and_resume(tmp_path):
     run_dir = tmp_path / "run"
-    args = [sys.executable, os.path.join(ROOT, "train_main.py"), *SMALL, "--limit_to=2000",
-            "--epochs=3", f"--logdir={run_dir}"]
+    args = [sys.executable, "train_main.py", *SMALL, "--limit_to=2000", "--epochs=3",
+            f"--logdir={run_dir}"]
     process = subprocess.Popen(args, cwd=ROOT, env=environment(), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     for line in process.stdout:
@@ -136,7 +235,13 @@ def test_kill_during_epoch_2_and_resume(tmp_path):
     assert "Resuming run" in result.stdout
     assert "epoch 2:" in result.stdout and "epoch 1:" not in result.stdout
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["epochs_this_session"] == 2 and summary["all_constraints_hold"]
+    # The whole run's training, over both sessions.
+    assert summary["epochs_this_session"] == 2 and summary["epochs"] == 3
+    assert summary["sessions"] == 2 and summary["images_per_s"] > 0
+    sessions = json.loads((run_dir / "sessions.json").read_text())
+    assert [s["epochs"] for s in sessions] == [1, 2]
+    assert summary["train_time_s"] == pytest.approx(sum(s["train_time_s"] for s in sessions))
+    assert summary["all_constraints_hold"]
     initial, final = k0_of(run_dir / "model_init.keras"), k0_of(run_dir / "model_final.keras")
     for name in initial:
         np.testing.assert_array_equal(initial[name], final[name])
@@ -155,8 +260,8 @@ def test_multi_worker_on_localhost(tmp_path):
     for index in range(2):
         config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
         processes.append(subprocess.Popen(
-            [sys.executable, os.path.join(ROOT, "train_main.py"), *SMALL, "--epochs=1",
-             "--strategy=multi_worker", f"--logdir={tmp_path / 'run'}"],
+            [sys.executable, "train_main.py", *SMALL, "--epochs=1", "--strategy=multi_worker",
+             f"--logdir={tmp_path / 'run'}"],
             cwd=ROOT, env=environment(TF_CONFIG=json.dumps(config)),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         ))
@@ -167,71 +272,17 @@ def test_multi_worker_on_localhost(tmp_path):
     assert summary["replicas"] == 2 and summary["all_constraints_hold"]
 
 
-@pytest.fixture
-def parsed():
-    """Parses flags in this process for train_main.validate()."""
-
-    def parse(*args):
-        flags.FLAGS.unparse_flags()
-        flags.FLAGS(["train_main.py", *args])
-
-    yield parse
-    flags.FLAGS.unparse_flags()
+def test_mirrored_on_two_cpu_devices(tmp_path):
+    result = run(SMALL + ["--strategy=mirrored", "--cpu_devices=2", f"--logdir={tmp_path / 'r'}",
+                          "--epochs=1"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 replica(s)" in result.stdout
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["replicas"] == 2 and summary["all_constraints_hold"]
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--lip=1,2,3"], "--lip must have four entries"),
-    (["--dist=1,-2,3,4"], "--dist: '-2' is not allowed"),
-    (["--lip=1,a,3,4"], "--lip: 'a' is not a number"),
-    (["--milestones=60,x"], "--milestones"),
-    (["--limit_to=0"], "--limit_to"),
-    (["--arch=simple_convnet6", "--bn"], "--bn"),
-    (["--strategy=multi_worker"], "TF_CONFIG"),
-])
-def test_bad_flags_are_refused_before_training(parsed, args, message, monkeypatch):
-    monkeypatch.delenv("TF_CONFIG", raising=False)
-    parsed(*args)
-    with pytest.raises(app.UsageError, match=message):
-        train_main.validate()
-
-
-@pytest.mark.parametrize("config", ["{not json", '{"cluster": {"worker": []}, "task": {}}',
-                                    '{"cluster": {"worker": ["a:1"]}, '
-                                    '"task": {"type": "worker", "index": 3}}'])
-def test_malformed_tf_config(parsed, config, monkeypatch):
-    monkeypatch.setenv("TF_CONFIG", config)
-    parsed("--strategy=multi_worker")
-    with pytest.raises(app.UsageError, match="TF_CONFIG is malformed"):
-        train_main.validate()
-
-
-def test_bad_input_ends_the_program_and_writes_nothing(tmp_path):
-    checks = [
-        (["--dataset=mnist"], "dataset"),
-        (["--optimizer=rmsprop"], "optimizer"),
-        (["--strategy=tpu"], "strategy"),
-        (["--proj_mode=nearest"], "proj_mode"),
-        ([f"--flagfile={tmp_path / 'missing.flags'}"], "missing.flags"),
-        (["--lip=1,2"], "four entries"),
-        (["--strategy=mirrored", "--cpu_devices=2", "--bs=63"], "not divisible by the 2"),
-    ]
-    for args, message in checks:
-        run_dir = tmp_path / "never"
-        result = run(SMALL + args + [f"--logdir={run_dir}"])
-        assert result.returncode != 0, args
-        assert message in result.stderr + result.stdout, (args, result.stderr[-2000:])
-        assert not run_dir.exists(), args
-
-
-def test_unwritable_logdir_and_changed_flags(tmp_path):
+def test_unwritable_logdir(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     result = run(SMALL + [f"--logdir={blocker / 'run'}"])
-    assert result.returncode != 0 and "is not writable" in result.stderr
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    (run_dir / "flags.txt").write_text("--epochs=7\n--lr=0.05\n")
-    result = run(SMALL + [f"--logdir={run_dir}"])
-    assert result.returncode != 0
-    assert "--epochs: 7 -> 2" in result.stderr
-    assert sorted(os.listdir(run_dir)) == ["flags.txt"]
+    assert result.returncode == 2 and "is not writable" in result.stderr

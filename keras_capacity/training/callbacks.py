@@ -1,13 +1,17 @@
-"""Training-time callbacks: constraint curves, gaps, margins, checkpoints."""
+"""Training-time callbacks: constraint curves, gaps, margins, checkpoints,
+the run's session log, and checks that end a run with one clear line."""
 
 import math
 import os
+import re
+import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from keras_capacity import measure
+from keras_capacity.training import runs
 
 
 def _safe_name(name):
@@ -19,10 +23,14 @@ class CapacityLogger(keras.callbacks.Callback):
 
     Every epoch: each constrained layer's Lipschitz constant and distance
     (exact values, :func:`keras_capacity.layer_table`) under the tags
-    ``capacity/lipschitz`` and ``capacity/distance``, one TensorBoard run per
-    layer (``<log_dir>/layers/<name>``) so each quantity is one chart with a
-    line per layer; the train-test gaps of loss and accuracy
-    (``gap/loss``, ``gap/accuracy``); and a one-line summary. Every
+    ``capacity/lipschitz`` and ``capacity/distance``, and each divided by
+    its bound (``capacity/lipschitz_over_bound``,
+    ``capacity/distance_over_bound``: 1 is the constraint), one TensorBoard
+    run per layer (``<log_dir>/layers/<name>``) so each quantity is one
+    chart with a line per layer; the generalization gaps (``gap/loss``:
+    test minus train loss, ``gap/accuracy``: train minus test accuracy, so
+    both are positive when the network overfits, as in ``summary.json``);
+    and a one-line summary on its own line, after Keras's progress bar. Every
     ``histogram_every`` epochs and after the last: histograms of the train and
     test margins and of the margins divided by the spectral complexity.
 
@@ -53,14 +61,13 @@ class CapacityLogger(keras.callbacks.Callback):
         if self.log_dir:
             for row in self.rows:
                 with self._writer("layers", _safe_name(row["name"])).as_default():
-                    tf.summary.scalar("capacity/lipschitz", row["lipschitz"], step=epoch)
-                    if row["distance"] is not None:
-                        tf.summary.scalar("capacity/distance", row["distance"], step=epoch)
+                    _layer_scalars(row, epoch)
             with self._writer("gaps").as_default():
-                for metric in ("loss", "accuracy"):
-                    if metric in logs and f"val_{metric}" in logs:
-                        gap = logs[metric] - logs[f"val_{metric}"]
-                        tf.summary.scalar(f"gap/{metric}", gap, step=epoch)
+                if "loss" in logs and "val_loss" in logs:
+                    tf.summary.scalar("gap/loss", logs["val_loss"] - logs["loss"], step=epoch)
+                if "accuracy" in logs and "val_accuracy" in logs:
+                    tf.summary.scalar("gap/accuracy", logs["accuracy"] - logs["val_accuracy"],
+                                      step=epoch)
         last = epoch + 1 == self.params.get("epochs")
         if (epoch % self.histogram_every == 0 or last) and self.train_data is not None:
             self.log_margins(epoch)
@@ -108,6 +115,79 @@ class CapacityLogger(keras.callbacks.Callback):
             writer.flush()
 
 
+def _layer_scalars(row, step):
+    """One layer's capacity scalars, and each divided by its bound."""
+    values = (("lipschitz", row["lipschitz"], row["lip_constraint"]),
+              ("distance", row["distance"], row["dist_constraint"]))
+    for name, value, bound in values:
+        if value is None:
+            continue
+        tf.summary.scalar(f"capacity/{name}", value, step=step)
+        if 0 < bound < math.inf:
+            tf.summary.scalar(f"capacity/{name}_over_bound", value / bound, step=step)
+
+
+class SessionRecorder(keras.callbacks.Callback):
+    """Records each finished epoch's training time in the run's
+    :class:`~keras_capacity.training.runs.SessionLog`."""
+
+    def __init__(self, session_log):
+        super().__init__()
+        self.session_log = session_log
+        self._started = None
+
+    def on_train_begin(self, logs=None):
+        self.session_log.start()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.session_log.record_epoch(time.perf_counter() - self._started)
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Ends training with a :class:`~keras_capacity.training.runs.RunError`
+    when an epoch's loss is NaN or inf. It comes before the backup in the
+    callback list, so the backup keeps the last finite epoch."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            raise runs.RunError(
+                f"The training loss became {loss} in epoch {epoch + 1} (diverging training): "
+                "lower --lr (the backup keeps the last finite epoch)."
+            )
+
+
+class CheckedBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """``BackupAndRestore`` that also keeps the previous epoch's backup
+    (Keras's ``double_checkpoint``, restored when the latest cannot be
+    read) and, when no backup can be read, ends with a
+    :class:`~keras_capacity.training.runs.RunError` naming the folder."""
+
+    def __init__(self, backup_dir):
+        super().__init__(backup_dir, double_checkpoint=True, delete_checkpoint=False)
+
+    def on_train_begin(self, logs=None):
+        try:
+            super().on_train_begin(logs)
+        except Exception as error:  # noqa: BLE001  any unreadable backup
+            raise runs.RunError(
+                f"The backup in {self.backup_dir} is damaged ({type(error).__name__}: "
+                f"{str(error).splitlines()[0] if str(error) else ''}). Delete that folder and "
+                "run the same command again: training restarts from epoch 1 with the run's "
+                "own initial model."
+            ) from None
+
+
+def lipdist_failure(error):
+    """The ``LipDist`` message inside a TensorFlow error (a non-finite
+    kernel, named), or ``None``."""
+    found = re.search(r"(LipDist: [^\n]*?)\s*(?:: Tensor had|\n|$)", str(error))
+    return found.group(1) if found else None
+
+
 class PeriodicModelSaver(keras.callbacks.Callback):
     """Saves ``model_epoch<N>.keras`` into ``directory`` every ``every``
     epochs (written to a temporary file, then renamed: never half-written)."""
@@ -123,7 +203,7 @@ class PeriodicModelSaver(keras.callbacks.Callback):
 
 def save_model(model, path):
     """``model.save(path)`` through a temporary file and an atomic rename."""
-    temporary = path + ".partial.keras"
+    temporary = f"{path}.partial{os.getpid()}.keras"
     model.save(temporary)
     os.replace(temporary, path)
 

@@ -1,6 +1,13 @@
 """Input pipelines: the bundled offline dataset, CIFAR-10/100 (TFDS) and
 Tiny-ImageNet-200 (its standard folder layout).
 
+Training never downloads: CIFAR is prepared once, on a machine with
+internet, by ``keras-capacity-data prepare cifar10 --data_dir=DIR`` (or
+``python -m keras_capacity.training.data prepare ...``, or TFDS's own
+``tfds build cifar10 --data_dir=DIR``), and training then reads
+``--data_dir=DIR``. Data that is not there is a :class:`DataNotFound` that
+says where it was looked for and how to get it.
+
 :func:`load` returns normalized ``tf.data`` pipelines that cache the decoded
 images, shuffle, batch and prefetch, so an accelerator is not left waiting.
 Inputs are normalized per channel with the statistics of SPEC §5, once,
@@ -10,8 +17,10 @@ for 128 CIFAR-sized images), more than shuffling float32 costs. There is
 no augmentation unless asked for (random 4-pixel-padded crops and flips).
 """
 
+import argparse
 import dataclasses
 import os
+import sys
 
 import numpy as np
 import tensorflow as tf
@@ -38,6 +47,16 @@ Get it from http://cs231n.stanford.edu/tiny-imagenet-200.zip and unzip it
 into --data_dir (the folder above, or its parent)."""
 
 
+class DataNotFound(FileNotFoundError):
+    """A dataset is not where training looks for it; the message says how
+    to get it."""
+
+
+def prepare_command(name, data_dir):
+    """The command that prepares TFDS dataset ``name`` into ``data_dir``."""
+    return f"keras-capacity-data prepare {name} --data_dir={data_dir}"
+
+
 @dataclasses.dataclass
 class Data:
     """What :func:`load` returns."""
@@ -61,10 +80,20 @@ def _shapes10():
 def _tfds(name, data_dir):
     import tensorflow_datasets as tfds
 
-    splits, info = tfds.load(
-        name, split=["train", "test"], data_dir=data_dir, as_supervised=True,
-        shuffle_files=False, with_info=True, download=True,
-    )
+    where = data_dir or tfds.core.constants.DATA_DIR
+    how = (f"On a machine with internet run once `{prepare_command(name, where)}` (or `tfds "
+           f"build {name} --data_dir={where}`), then train with --data_dir={where}.")
+    try:
+        splits, info = tfds.load(
+            name, split=["train", "test"], data_dir=data_dir, as_supervised=True,
+            shuffle_files=False, with_info=True, download=False,
+        )
+    except AssertionError:  # TFDS's "could not find data"
+        raise DataNotFound(f"{name} is not prepared in {where}. {how}") from None
+    except Exception as error:  # noqa: BLE001  a damaged or foreign folder
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise DataNotFound(f"{where} does not hold a readable {name} ({type(error).__name__}: "
+                           f"{first}). {how}") from None
     num_classes = info.features["label"].num_classes
     counts = []
     for name_, split in zip(("train", "test"), splits):
@@ -209,3 +238,40 @@ def load(name, data_dir=None, batch_size=256, limit_to=-1, randomize_labels=Fals
         num_classes=num_classes, num_train=num_train, num_test=num_test,
         image_shape=image_shape,
     )
+
+
+def prepare(name, data_dir):
+    """Downloads and prepares TFDS dataset ``name`` (cifar10, cifar100) in
+    ``data_dir``, once, where there is internet."""
+    import tensorflow_datasets as tfds
+
+    if name not in ("cifar10", "cifar100"):
+        raise ValueError(f"only cifar10 and cifar100 are prepared through TFDS; {name!r} is "
+                         "bundled (shapes10) or read from its folder (tiny_imagenet).")
+    tfds.builder(name, data_dir=data_dir).download_and_prepare()
+
+
+def main(argv=None):
+    """``keras-capacity-data prepare NAME --data_dir=DIR``."""
+    parser = argparse.ArgumentParser(
+        prog="keras-capacity-data",
+        description="Prepare a TFDS dataset once, on a machine with internet, for training "
+                    "with --data_dir.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    command = commands.add_parser("prepare", help="download and prepare a dataset")
+    command.add_argument("name", choices=("cifar10", "cifar100"))
+    command.add_argument("--data_dir", required=True, help="where TFDS keeps it")
+    arguments = parser.parse_args(argv)
+    try:
+        prepare(arguments.name, arguments.data_dir)
+    except Exception as error:  # noqa: BLE001  a download that fails: one line
+        print(f"error: preparing {arguments.name} in {arguments.data_dir} failed "
+              f"({type(error).__name__}: {str(error).strip().splitlines()[0]})", file=sys.stderr)
+        return 1
+    print(f"{arguments.name} is ready in {arguments.data_dir}; train with "
+          f"--dataset={arguments.name} --data_dir={arguments.data_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

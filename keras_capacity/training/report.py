@@ -1,6 +1,6 @@
 """The capacity report of a finished training run.
 
-    python -m keras_capacity.training.report RUN_DIR
+    keras-capacity-report RUN_DIR        (or python -m keras_capacity.training.report RUN_DIR)
 
 Reads the run's ``flags.txt``, ``summary.json`` and ``model_final.keras``,
 measures the bounds' quantities on its training data, and writes into
@@ -11,9 +11,12 @@ their bounds), ``bounds.png`` (every bound as a function of the margin
 certified robustness, which the reference does not offer: with the network's
 Lipschitz bound ``L``, a test point with margin ``m > 0`` keeps its class
 within the l2 radius ``m / (sqrt(2) L)``. ``train_main.py`` runs it at the
-end of every run. Matplotlib is imported here only, never by the library.
+end of every run; ``report.md`` is written last, so a run whose report was
+interrupted gets it written when the same command runs again. Matplotlib is
+imported here only, never by the library.
 """
 
+import argparse
 import json
 import math
 import os
@@ -23,6 +26,10 @@ import numpy as np
 
 from keras_capacity import bounds, measure
 from keras_capacity.training import runs
+
+# What the report reads from summary.json.
+SUMMARY_KEYS = ("flags", "layers", "network_lipschitz", "train_accuracy", "test_accuracy",
+                "all_constraints_hold")
 
 RADII = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0)
 MARGIN_RANGE = tuple(np.geomspace(0.1, 100, 25))
@@ -122,21 +129,49 @@ def _markdown(summary, rows, values, quantities, certified):
     return "\n".join(lines)
 
 
-def write_report(run_dir, model=None, data=None):
-    """Writes the report of the finished run in ``run_dir``; ``model`` and
-    ``data`` (a :class:`keras_capacity.training.data.Data`) default to the run's
-    final model and the data its flags name. Returns the report's dict."""
+def _load_summary(run_dir):
+    summary = runs.read_summary(run_dir)
+    missing = [key for key in SUMMARY_KEYS if key not in summary]
+    if missing:
+        raise runs.RunError(f"{os.path.join(run_dir, runs.SUMMARY_FILE)} lacks {missing}; is it "
+                            "the summary of a finished run of train_main.py?")
+    return summary
+
+
+def _load_final_model(run_dir):
     import keras
 
+    path = os.path.join(run_dir, runs.FINAL_MODEL)
+    if not os.path.exists(path):
+        raise runs.RunError(f"{path} is missing: the report measures the trained model.")
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as error:  # noqa: BLE001  any unreadable file
+        raise runs.RunError(f"{path} is damaged ({type(error).__name__}: "
+                            f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}); "
+                            "the report needs the trained model.") from None
+
+
+def _load_data(summary):
     from keras_capacity.training import data as datasets
 
-    summary = runs.read_summary(run_dir)
-    if model is None:
-        model = keras.models.load_model(os.path.join(run_dir, "model_final.keras"), compile=False)
-    if data is None:
-        flags = summary["flags"]
-        data = datasets.load(flags["dataset"], flags.get("data_dir") or None, flags["bs"],
+    flags = summary["flags"]
+    try:
+        return datasets.load(flags["dataset"], flags.get("data_dir") or None, flags["bs"],
                              flags["limit_to"], flags["rand"], False, flags["seed"])
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        raise runs.RunError(f"the run's data cannot be loaded: {error}") from None
+
+
+def write_report(run_dir, model=None, data=None):
+    """Writes the report of the finished run in ``run_dir``; ``model`` and
+    ``data`` (a :class:`keras_capacity.training.data.Data`) default to the
+    run's final model and the data its flags name. Returns the report's
+    dict; a missing or damaged file is a
+    :class:`~keras_capacity.training.runs.RunError`."""
+    summary = _load_summary(run_dir)
+    model = _load_final_model(run_dir) if model is None else model
+    data = _load_data(summary) if data is None else data
     rows = summary["layers"]
     quantities = bounds.measure_quantities(model, data.train, num_classes=data.num_classes)
     values = bounds.all_bounds(quantities)
@@ -152,20 +187,32 @@ def write_report(run_dir, model=None, data=None):
     }
     _figures(run_dir, rows, curves, train_margins, test_margins)
     runs.write_atomic(os.path.join(run_dir, "report.json"), json.dumps(report, indent=2) + "\n")
-    runs.write_atomic(os.path.join(run_dir, "report.md"),
+    # Last: its presence marks a complete report.
+    runs.write_atomic(os.path.join(run_dir, runs.REPORT_FILE),
                       _markdown(summary, rows, values, quantities, certified))
     return report
 
 
-def main(argv):
-    if len(argv) != 2 or not os.path.exists(os.path.join(argv[1], runs.SUMMARY_FILE)):
-        print("usage: python -m keras_capacity.training.report RUN_DIR  (a finished run of "
-              "train_main.py, with summary.json)", file=sys.stderr)
+def main(argv=None):
+    """``keras-capacity-report RUN_DIR``: one-line errors, exit status 2."""
+    parser = argparse.ArgumentParser(
+        prog="keras-capacity-report",
+        description="Write the capacity report (report.md, report.json, figures) of a "
+                    "finished run of train_main.py into its run directory.")
+    parser.add_argument("run_dir", help="the run directory (with summary.json and "
+                                        "model_final.keras)")
+    arguments = parser.parse_args(argv)
+    from keras_capacity.training.cli import quiet_tensorflow
+
+    quiet_tensorflow()
+    try:
+        write_report(arguments.run_dir)
+    except runs.RunError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
-    write_report(argv[1])
-    print(f"wrote {os.path.join(argv[1], 'report.md')}")
+    print(f"wrote {os.path.join(arguments.run_dir, runs.REPORT_FILE)}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""The training program's commands: flags in, one call, one-line errors out.
+
+``train_main.py`` and the installed ``keras-capacity-train`` command run
+:func:`train`: absl parses the flags, :func:`keras_capacity.training.train_and_evaluate`
+does the work, and a bad setting or a run that cannot go on ends the
+program with ``error: <what and what to do>`` (exit status 2), not a
+traceback or the whole ``--help`` text.
+"""
+
+import logging
+import sys
+
+from absl import app, flags
+from absl import logging as absl_logging
+
+from keras_capacity.training import flags as run_flags
+from keras_capacity.training.config import ConfigError
+from keras_capacity.training.runs import RunError
+
+
+def fail(error):
+    """Ends the program with one line naming the error."""
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
+
+
+def quiet_tensorflow():
+    """Keeps TensorFlow's and absl's Python loggers to errors (their lines
+    about collectives, deprecations and TFDS folders say nothing to a user)."""
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    absl_logging.set_verbosity(absl_logging.ERROR)
+
+
+def _train_main(argv):
+    from keras_capacity.training import train as training
+
+    if len(argv) > 1:
+        fail(f"unexpected arguments {argv[1:]}; every setting is a --flag.")
+    quiet_tensorflow()
+    try:
+        config = run_flags.config_from_flags(flags.FLAGS)
+        run_dir = run_flags.run_directory(config, flags.FLAGS)
+        summary = training.train_and_evaluate(config, run_dir,
+                                               log=lambda line: print(line, flush=True))
+    except (ConfigError, RunError) as error:
+        fail(error)
+    print(training.describe(summary, run_dir), flush=True)
+
+
+def train():
+    """``train_main.py`` / ``keras-capacity-train``."""
+    run_flags.define_flags()
+    app.run(_train_main)

@@ -1,0 +1,41 @@
+"""The README's training commands work in the order it gives them."""
+
+import os
+import re
+import shlex
+
+from absl import flags
+
+from keras_capacity.training import flags as run_flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def documented_commands():
+    """The ``train_main.py`` command lines of the README's shell blocks and
+    of ``make demo``, in order."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        blocks = re.findall(r"```bash\n(.*?)```", f.read(), re.S)
+    with open(os.path.join(ROOT, "Makefile")) as f:
+        demo = re.search(r"^demo:.*\n\t\$\(PYTHON\) (train_main\.py .*)$", f.read(), re.M).group(1)
+    commands = [demo]
+    for block in blocks:
+        for line in block.splitlines():
+            line = line.split("#")[0].strip()
+            if line.startswith("python train_main.py") and "--help" not in line:
+                commands.append(line[len("python "):])
+    return commands
+
+
+def test_documented_commands_do_not_refuse_each_other(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    runs = {}
+    for command in documented_commands():
+        values = flags.FlagValues()
+        run_flags.define_flags(values)
+        values(shlex.split(command))
+        config = run_flags.config_from_flags(values)
+        run_dir = run_flags.run_directory(config, values)
+        assert runs.setdefault(run_dir, config) == config, (
+            f"{command!r} would be refused: {run_dir} holds another documented run")
+    assert len(runs) >= 3

@@ -1,6 +1,7 @@
 """Bounds: measured quantities against numpy, each bound against a float64
 numpy formula written here, and the properties the module promises."""
 
+import dataclasses
 import math
 import random
 import warnings
@@ -99,62 +100,105 @@ def test_quantities_against_numpy():
     assert q.patch_norms[2] == pytest.approx(np.linalg.norm(flat, axis=1).max(), rel=1e-6)
 
 
-# Float64 numpy formulas from the papers (as the reference states them).
+# The reference's code (bounds/rademacher_bounds.py), transcribed to numpy
+# with its own names: the oracle for fidelity, not our formulas.
 
-def reference_bounds(q, g):
-    n, L, K = q.n, q.depth, q.num_classes
-    s, b = np.array(q.lipschitz), np.array(q.dist21)
-    W = np.array(q.params, float)
-    d, k, t, c = (np.array(v, float) for v in (q.input_sizes, q.kernel_sizes, q.strides,
-                                               q.in_channels))
-    fro, dfro = np.array(q.norm_fro), np.array(q.dist_fro)
-    n1, d1 = np.array(q.norm_1inf), np.array(q.dist_1inf)
-    d_next = np.append(d[1:], 1)
-    C = 4 / g * q.data_norm / np.sqrt(n) * s.prod() * b / s
+def reference_record(model, x, y):
+    """The reference's Bounds attributes, computed here from the model's
+    weights in PyTorch's layout (out, in, kh, kw), as its __init__ does."""
+    layers = [model.get_layer(name) for name in ("c1", "c2", "fc")]
+    weights, deltas = [], []
+    for layer in layers:
+        k = layer.kernel.numpy().astype(np.float64)
+        k0 = layer.kernel_constraint.initial_kernel.numpy().astype(np.float64)
+        if k.ndim == 2:
+            k, k0 = k[None, None], k0[None, None]
+        weights.append(np.transpose(k, (3, 2, 0, 1)))
+        deltas.append(np.transpose(k - k0, (3, 2, 0, 1)))
+    x64 = np.transpose(x.astype(np.float64), (0, 3, 1, 2))  # (n, c, h, w)
+    scores = np.asarray(model(x), np.float64)
+    own = scores[np.arange(len(y)), y]
+    scores[np.arange(len(y)), y] = -np.inf
+    return dict(
+        n=len(x), classes=3, data_norm=np.linalg.norm(x64), margin=(own - scores.max(1)).min(),
+        data_max_abs=np.abs(x64).max(),
+        data_max_coordinate_norm=np.linalg.norm(x64, axis=0).max(),
+        lip=np.array([kc.lipschitz(layer) for layer in layers]),
+        norm22=np.array([np.linalg.norm(w) for w in weights]),
+        dist22=np.array([np.linalg.norm(d) for d in deltas]),
+        dist21=np.array([np.linalg.norm(d, axis=1).sum() for d in deltas]),
+        matrix_dist21=np.array([np.linalg.norm(d.reshape(len(d), -1), axis=1).sum() for d in deltas]),
+        norm1inf=np.array([np.abs(w).reshape(len(w), -1).sum(1).max() for w in weights]),
+        dist1inf=np.array([np.abs(d).reshape(len(d), -1).sum(1).max() for d in deltas]),
+        filter_norm_max=np.array([np.linalg.norm(w.reshape(len(w), -1), axis=1).max()
+                                  for w in weights]),
+        params=np.array([w.size for w in weights], float),
+        inp_dims=np.array([8, 4, 1]), kernel_sizes=np.array([3, 3, 1]),
+        strides=np.array([2, 2, 1]), in_channels=np.array([2, 4, 16]),
+    )
+
+
+def reference_bounds(r, margin):
+    """Each method of the reference's Bounds class at ``margin``."""
+    n, L, classes = r["n"], len(r["lip"]), r["classes"]
+    lip, params = r["lip"], r["params"]
+    inp_dims, kernel_sizes, strides, in_channels = (
+        r[k].astype(float) for k in ("inp_dims", "kernel_sizes", "strides", "in_channels"))
     out = {}
-    out["ours_norms"] = 4 / n + 12 * np.log(n) / np.sqrt(n) * np.sqrt(np.log(2 * W.max())) \
-        * (C ** (2 / 3)).sum() ** 1.5
-    x = (L * C) ** 2
-    psi = zeta(1.5, 1) ** (1 / 3) * zeta(1.5, 1 + 1 / x)
-    out["ours_params"] = 12 / np.sqrt(n) * np.sqrt((2 * W * (np.log(1 + x) + psi)).sum())
-    Cb = C * d_next ** 2 / k
-    barW = (W * (d * d_next / k) ** 2).max()
+    C_i = 4 / margin * r["data_norm"] / np.sqrt(n) * lip.prod() * r["dist21"] / lip
+    out["ours_norms"] = 4 / n + 12 * np.log(n) / np.sqrt(n) * np.sqrt(np.log(2 * params.max())) \
+        * (C_i ** (2 / 3)).sum() ** (3 / 2)
+    LC_i = L * C_i
+    psi = lambda x: zeta(3 / 2, 1) ** (1 / 3) * zeta(3 / 2, 1 + 1 / x ** 2)  # noqa: E731
+    out["ours_params"] = 12 / np.sqrt(n) * np.sqrt(
+        (2 * params * (np.log(1 + LC_i ** 2) + psi(LC_i ** 2))).sum())
+    d_i = np.append(inp_dims, 1)
+    C_b = 4 / margin * r["data_norm"] / np.sqrt(n) * lip.prod() * d_i[1:] ** 2 / kernel_sizes \
+        * r["dist21"] / lip
+    barW = (params * (d_i[:-1] * d_i[1:] / kernel_sizes) ** 2).max()
     out["bartlett"] = 4 / n + 12 * np.log(n) / np.sqrt(n) * np.sqrt(np.log(2 * barW)) \
-        * (Cb ** (2 / 3)).sum() ** 1.5
-    a = np.array(q.filter_dist21)
-    a[-1] = fro[-1]
-    bl = np.append(np.array(q.patch_norms), g)
-    rho = []
-    for i in range(L - 1):
-        rho.append(max(s[i + 1:j + 1].prod() / bl[j + 1] * d[i + 1] for j in range(i + 1, L)))
-    rho.append(bl[-2] / bl[-1])
-    m_out = np.append(c[1:], K)
-    O = d_next ** 2
-
-    def ledent(r, factor):
-        R = (r ** (2 / 3)).sum() ** 1.5
-        return 4 / n + 768 * R * np.sqrt(np.log2(32 * (r * O * m_out).max() * n ** 2
-                                                 + 7 * (O * m_out).max() * n)) * factor
-
-    out["ledent_main"] = ledent(bl[:-1] * np.array(rho) * a, np.log(n) / np.sqrt(n))
-    lips = s.copy()
-    lips[-1] = q.filter_norm_max[-1]
-    out["ledent_fixed_constraints"] = ledent(
-        q.patch_norms[0] / g * lips.prod() * a / lips * d_next, 1.0)
-    out["lin"] = 16 * (2 / g * q.data_norm / np.sqrt(n) * s.prod() * L ** 2
-                       * (W ** 2 * d / t * fro / s).sum()) ** 0.25 / np.sqrt(n)
-    D = c[0] * d[0] ** 2
-    out["neyshabur_1inf"] = 2 ** L * K * n1.prod() * np.sqrt(np.log(2 * D)) * q.data_max_abs / np.sqrt(n)
-    out["golowich_1inf"] = 2 * K * n1.prod() * np.sqrt(L + 1 + np.log(D)) \
-        * np.sqrt(q.data_max_coordinate_norm / n) / np.sqrt(n)
-    out["gouk_1inf"] = 2 ** (L + 1) * K * n1.prod() * np.log(D) * (d1 / n1).sum() \
-        * q.data_max_abs / np.sqrt(n)
-    P = (fro * d / t).prod()
-    out["neyshabur_fro"] = 2 ** (L - 1) * K * q.data_norm / np.sqrt(2 * n) * P / np.sqrt(n)
-    out["golowich_fro"] = K * q.data_norm / np.sqrt(n) * P * (1 + np.sqrt(2 * np.log(2) * L)) / np.sqrt(n)
-    prefix = np.cumprod(d * np.sqrt(c))
-    out["gouk_fro"] = 2 ** (L + 0.5) * K * q.data_norm / np.sqrt(n) \
-        * (d ** 2 / t * np.sqrt(c) * fro).prod() * (dfro / fro / prefix).sum() / np.sqrt(n)
+        * (C_b ** (2 / 3)).sum() ** (3 / 2)
+    c_i = np.append(in_channels, classes)
+    O_l, m_l = d_i[1:] ** 2, c_i[1:]
+    # ledent_main: the classifier's distance is its Frobenius distance to init.
+    dists = r["matrix_dist21"].copy()
+    dists[-1] = r["dist22"][-1]
+    b_l = np.append(r["b_l"], margin)
+    rho_lplus = [max(np.prod(lip[l + 1:i + 1]) / b_l[i + 1] * d_i[l + 1] for i in range(l + 1, L))
+                 for l in range(L - 1)] + [b_l[-2] / b_l[-1]]
+    r_i = b_l[:-1] * np.array(rho_lplus) * dists
+    R = (r_i ** (2 / 3)).sum() ** (3 / 2)
+    out["ledent_main"] = 4 / n + 768 * R * np.sqrt(np.log2(
+        32 * (r_i * O_l * m_l).max() * n ** 2 + 7 * (O_l * m_l).max() * n)) * np.log(n) / np.sqrt(n)
+    # ledent_fixed_constraints: the classifier's weight norm and largest filter norm.
+    dists = r["matrix_dist21"].copy()
+    dists[-1] = r["norm22"][-1]
+    lips = lip.copy()
+    lips[-1] = r["filter_norm_max"][-1]
+    r_i = r["b_l"][0] / margin * np.prod(lips) * dists / lips * d_i[1:]
+    R = (r_i ** (2 / 3)).sum() ** (3 / 2)
+    out["ledent_fixed_constraints"] = 4 / n + 768 * R * np.sqrt(np.log2(
+        32 * (r_i * O_l * m_l).max() * n ** 2 + 7 * (O_l * m_l).max() * n))
+    root = 2 / margin * r["data_norm"] / np.sqrt(n) * lip.prod() * L ** 2
+    root *= (params ** 2 * inp_dims / strides * r["norm22"] / lip).sum()
+    out["lin"] = 16 * root ** (1 / 4) / np.sqrt(n)
+    dim = in_channels[0] * inp_dims[0] ** 2
+    out["neyshabur_1inf"] = 2 ** L * classes * r["norm1inf"].prod() * np.sqrt(np.log(2 * dim)) \
+        * r["data_max_abs"] / np.sqrt(n)
+    out["golowich_1inf"] = 2 * classes * r["norm1inf"].prod() * np.sqrt(L + 1 + np.log(dim)) \
+        * np.sqrt(r["data_max_coordinate_norm"] / n) / np.sqrt(n)
+    out["gouk_1inf"] = 2 ** (L + 1) * classes * r["norm1inf"].prod() * np.log(dim) \
+        * (r["dist1inf"] / r["norm1inf"]).sum() * r["data_max_abs"] / np.sqrt(n)
+    product = (r["norm22"] * inp_dims / strides).prod()
+    out["neyshabur_fro"] = 2 ** (L - 1) * classes * r["data_norm"] / np.sqrt(2 * n) * product \
+        / np.sqrt(n)
+    out["golowich_fro"] = classes * r["data_norm"] / np.sqrt(n) * product \
+        * (1 + np.sqrt(2 * np.log(2) * L)) / np.sqrt(n)
+    log10 = np.log10(2 ** (L + 0.5) * classes * r["data_norm"] / np.sqrt(n))
+    log10 += np.log10(inp_dims ** 2 / strides * np.sqrt(in_channels) * r["norm22"]).sum()
+    prods = np.cumprod(inp_dims * np.sqrt(in_channels))
+    log10 += np.log10((r["dist22"] / r["norm22"] / prods).sum()) - np.log10(np.sqrt(n))
+    out["gouk_fro"] = 10 ** log10
     return out
 
 
@@ -166,9 +210,26 @@ def quantities():
     return bounds.measure_quantities(model, x, y), model, x, y
 
 
-def test_every_bound_against_numpy(quantities):
+@pytest.fixture(scope="module")
+def reference(quantities):
+    q, model, x, y = quantities
+    return {**reference_record(model, x, y), "b_l": np.array(q.patch_norms)}
+
+
+def test_the_reference_names_give_the_measured_record(quantities, reference):
     q = quantities[0]
-    ours, expected = bounds.all_bounds(q), reference_bounds(q, q.margin)
+    plugged = bounds.Quantities.from_reference(**reference)
+    for field in dataclasses.fields(bounds.Quantities):
+        if field.name == "train_margins":
+            continue
+        assert getattr(plugged, field.name) == pytest.approx(getattr(q, field.name), rel=1e-5), \
+            field.name
+
+
+@pytest.mark.parametrize("margin", np.geomspace(1e-3, 100, 11))
+def test_every_bound_against_the_reference_code(reference, margin):
+    plugged = bounds.Quantities.from_reference(**reference)
+    ours, expected = bounds.all_bounds(plugged, margin), reference_bounds(reference, margin)
     assert list(ours) == list(bounds.BOUNDS) and len(ours) == 12
     for name in ours:
         assert np.isfinite(ours[name]) and ours[name] > 0, name
@@ -239,3 +300,70 @@ def test_certified_accuracy_and_its_guarantee():
         direction /= np.linalg.norm(direction.reshape(50, -1), axis=1)[:, None, None, None]
         moved = x[i] + 0.999 * margin[i] / (np.sqrt(2) * lip) * direction
         assert (np.asarray(model(moved.astype(np.float32))).argmax(axis=1) == y[i]).all()
+
+
+def test_test_error_bound_against_a_direct_computation(quantities, reference):
+    """The margin bound, minimized over the grid with the union-bound
+    correction, computed here from the reference's complexity bounds."""
+    q = quantities[0]
+    margins = np.asarray(q.train_margins)
+    delta, grid = 0.05, bounds.MARGIN_GRID
+    confidence = 3 * np.sqrt(np.log(2 * len(grid) / delta) / (2 * q.n))
+    curves = {name: [] for name in bounds.BOUNDS}
+    for gamma in grid:
+        ramp = np.mean([1.0 if m <= 0 else (1 - m / gamma if m < gamma else 0.0) for m in margins])
+        with np.errstate(all="ignore"):
+            values = reference_bounds(reference, gamma)
+        for name, value in values.items():
+            # layer-peeling bounds are on the outputs: times 2/gamma for the ramp class
+            complexity = value * 2 / gamma if name in bounds.MARGIN_FREE else value
+            curves[name].append(ramp + 2 * complexity + confidence)
+    found = bounds.error_bounds(q)
+    for name, values in curves.items():
+        best = int(np.nanargmin(values))
+        assert found[name].value == pytest.approx(values[best], rel=1e-9), name
+        assert found[name].margin == grid[best], name
+        assert found[name].vacuous == (values[best] >= 1)
+    assert found["ours_norms"].confidence == pytest.approx(confidence)
+    # The parts add up, and a bound of 1 or more says nothing.
+    for bound in found.values():
+        assert bound.value == pytest.approx(bound.ramp_loss + 2 * bound.complexity + bound.confidence)
+
+
+def test_ramp_loss_is_piecewise():
+    assert bounds.ramp_loss([-1.0, 0.0, 0.5, 1.0, 3.0], 1.0) == pytest.approx((1 + 1 + 0.5) / 5)
+
+
+def test_quantities_are_checked_when_made(quantities):
+    q = quantities[0]
+    fields = {f.name: getattr(q, f.name) for f in dataclasses.fields(q)}
+    bad = [
+        (dict(dist21=(1.0, 2.0)), r"Quantities.dist21 has 2 values; Quantities.lipschitz has 3"),
+        (dict(n=0), "Quantities.n must be a positive integer"),
+        (dict(params=(10, 0, 3)), r"Quantities.params\[1\] must be a positive integer"),
+        (dict(lipschitz=(1.0, math.inf, 1.0)), r"Quantities.lipschitz\[1\] must be finite and > 0"),
+        (dict(margin=math.nan), "Quantities.margin must be finite"),
+        (dict(num_classes=1), "Quantities.num_classes must be >= 2"),
+        (dict(norm_fro=(1.0, -1.0, 2.0)), r"Quantities.norm_fro\[1\] must be finite and >= 0"),
+        (dict(lipschitz=None), "Quantities.lipschitz is required"),
+        (dict(train_margins=(1.0, 2.0)), "Quantities.train_margins must hold n=40"),
+    ]
+    for changes, message in bad:
+        with pytest.raises(ValueError, match=message):
+            bounds.Quantities(**{**fields, **changes})
+    with pytest.raises(ValueError, match="unknown name 'lipschitzz'"):
+        bounds.Quantities.from_reference(**{**fields, "lipschitzz": 1})
+
+
+def test_a_bound_without_its_inputs_names_them(quantities):
+    q = quantities[0]
+    core = {name: getattr(q, name) for name in (
+        "n", "num_classes", "data_norm", "margin", "lipschitz", "dist21", "params",
+        "input_sizes", "kernel_sizes", "strides", "in_channels")}
+    minimal = bounds.Quantities(**core)
+    assert bounds.ours_norms(minimal, 1.0) == bounds.ours_norms(q, 1.0)
+    with pytest.raises(ValueError, match="'ledent_main' needs Quantities.filter_dist21, "
+                                         "Quantities.dist_fro, Quantities.patch_norms"):
+        bounds.ledent_main(minimal, 1.0)
+    with pytest.raises(ValueError, match="needs Quantities.train_margins"):
+        bounds.error_bound(minimal, "ours_norms")

@@ -22,6 +22,16 @@ class CircularConv2D(keras.layers.Conv2D):
     per-frequency matrices of its kernel's 2-D DFT (Sedghi et al. 2019),
     which :func:`keras_capacity.lipschitz` uses.
 
+    **Even kernels and the reference's checkpoints.** An even kernel has one
+    wrapped tap more on one side: here it is *after* the input (a 2x2
+    kernel's taps sit at offsets 0 and +1), in the PyTorch reference
+    *before* it (offsets -1 and 0). A reference kernel loaded unchanged
+    therefore computes another map; :func:`kernel_from_reference` converts
+    it (PyTorch's ``(out, in, kh, kw)`` to ``(kh, kw, in, out)``, and each
+    even axis rolled by one tap). On the 2x2 maps where the paper's
+    networks use 2x2 kernels, -1 and +1 are the same offset and the
+    converted kernel gives exactly the reference's outputs.
+
     >>> conv = CircularConv2D(64, 3, use_bias=False,
     ...                       kernel_constraint=LipDist(1.0, 90))
 
@@ -61,6 +71,25 @@ class CircularConv2D(keras.layers.Conv2D):
         config = super().get_config()
         config["padding"] = "circular"
         return config
+
+
+def kernel_from_reference(weight):
+    """A PyTorch reference convolution kernel ``(out, in, kh, kw)`` as the
+    kernel ``(kh, kw, in, out)`` of a :class:`CircularConv2D` computing the
+    same map.
+
+    Odd kernels are only transposed. Along an even axis the reference
+    wraps its extra tap before the input, ``CircularConv2D`` after it, so
+    the taps are rolled by one: tap ``a`` here is the reference's tap
+    ``a - 1``. The result equals the reference's map on inputs of size 2
+    along that axis (where the paper's networks use 2x2 kernels); on larger
+    inputs it equals it up to a one-pixel circular shift of the output.
+    """
+    kernel = np.transpose(np.asarray(weight), (2, 3, 1, 0))
+    for axis in (0, 1):
+        if kernel.shape[axis] % 2 == 0:
+            kernel = np.roll(kernel, 1, axis=axis)
+    return kernel
 
 
 def simplex_vertices(num_classes, dim):

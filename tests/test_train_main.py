@@ -107,6 +107,12 @@ def test_report_command(finished_run, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert (copy / "report.md").exists()
     assert json.loads((copy / "report.json").read_text())["bounds"] == report_json["bounds"]
+    at_median = report(str(copy), "--gamma=q50")
+    assert at_median.returncode == 0, at_median.stderr[-2000:]
+    assert "## Complexity bounds at gamma = " in (copy / "report.md").read_text()
+    assert "50th percentile" in (copy / "report.md").read_text()
+    bad = report(str(copy), "--gamma=-1")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --gamma='-1' must be")
     for flag in ("--help", "-h"):
         helped = report(flag)
         assert helped.returncode == 0 and "usage: keras-capacity-report" in helped.stdout

@@ -265,3 +265,49 @@ def test_restarting_from_the_initial_model_keeps_k0(finished, tmp_path):
                               kc.binding.constrained_layers(final)):
         np.testing.assert_array_equal(a.initial_kernel.numpy(), b.initial_kernel.numpy())
     assert summary["all_constraints_hold"]
+
+
+# ------------------------------------------------------------ the report
+
+
+def test_summary_and_report_carry_the_test_error_bounds(finished):
+    run_dir, summary = finished
+    from keras_capacity import bounds
+
+    assert set(summary["test_error_bounds"]) == set(bounds.BOUNDS)
+    for bound in summary["test_error_bounds"].values():
+        assert bound["margin"] in bounds.MARGIN_GRID and bound["delta"] == 0.05
+        assert bound["vacuous"] == (bound["value"] is None or bound["value"] >= 1)
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["test_error_bounds"] == summary["test_error_bounds"]
+    assert report["test_error"] == pytest.approx(1 - summary["test_accuracy"])
+    text = (run_dir / "report.md").read_text()
+    # It leads with what the bounds say about the test error.
+    assert text.index("## What the bounds say about the test error") < text.index("## Layers")
+    assert "Measured test error: **" in text and "delta = 0.05" in text
+    first_row = next(line for line in text.splitlines() if line.startswith("| ours_norms |"))
+    assert ("(vacuous)" in first_row) == summary["test_error_bounds"]["ours_norms"]["vacuous"]
+
+
+def test_the_report_margin_is_chosen_and_never_negative():
+    from keras_capacity.training import report
+
+    margins = [-3.0, -2.0, -1.0, 0.5, 1.0, 2.0, 4.0]
+    assert report.chosen_margin("0.7", margins) == (0.7, "chosen")
+    gamma, text = report.chosen_margin("q50", margins)
+    assert gamma == pytest.approx(0.5) and "50th percentile of the training margins" in text
+    gamma, text = report.chosen_margin("q10", margins)  # the 10th percentile is negative
+    assert gamma == pytest.approx(np.percentile([0.5, 1.0, 2.0, 4.0], 10)) and "positive" in text
+    assert report.chosen_margin("q10", [-1.0, -2.0])[0] is None
+    for bad in ("-1", "0", "q200", "qx", "abc"):
+        with pytest.raises(ValueError, match="--gamma"):
+            report.chosen_margin(bad, margins)
+
+
+def test_bound_lines_can_be_told_apart():
+    from keras_capacity import bounds
+    from keras_capacity.training import report
+
+    styles = [report.line_style(name, i) for i, name in enumerate(bounds.BOUNDS)]
+    assert len({(s["color"], s["linestyle"]) for s in styles}) == 12
+    assert styles[0]["linewidth"] > max(s["linewidth"] for s in styles[2:])

@@ -6,10 +6,25 @@ optimizers, run directories, callbacks, the capacity report).
 >>> config = RunConfig(arch="simple_convnet6", n_channels=32, epochs=2,
 ...                    lip="3,2,-1,2", dist="8,8,-1,4", proj_mode="radial")
 >>> summary = train_and_evaluate(config, "runs/example")
+
+The names are imported when first used, so that ``python -m
+keras_capacity.training.report`` (or ``.data``) runs its module only once.
 """
 
-from keras_capacity.training.config import ConfigError, RunConfig
-from keras_capacity.training.runs import RunError
-from keras_capacity.training.train import train_and_evaluate
+import importlib
 
-__all__ = ["RunConfig", "ConfigError", "RunError", "train_and_evaluate"]
+_EXPORTS = {"RunConfig": "config", "ConfigError": "config", "RunError": "runs",
+            "train_and_evaluate": "train"}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'keras_capacity.training' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"keras_capacity.training.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

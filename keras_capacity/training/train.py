@@ -31,7 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_capacity import binding, measure, models
+from keras_capacity import binding, bounds, measure, models
 from keras_capacity.training import callbacks, distribute, optimizers, runs
 from keras_capacity.training import data as datasets
 from keras_capacity.training.config import ConfigError
@@ -193,7 +193,9 @@ def versions():
 
 
 def finalize(config, setup, model, log):
-    """Phase 5: the final projection and the final metrics, as a summary."""
+    """Phase 5: the final projection and the final metrics: ``(summary, the
+    bounds' quantities)``; the summary carries the bounds on the test error
+    at their best margins."""
     if config.n_proj > 0:
         log(f"final projection ({FINAL_PROJECTION_ROUNDS} rounds) ...")
         binding.project(model, n_iter=FINAL_PROJECTION_ROUNDS)
@@ -203,7 +205,11 @@ def finalize(config, setup, model, log):
     rows = measure.layer_table(model)
     test_margins = measure.margins(model, setup.data.test)
     distances = [r["distance"] for r in rows if r["distance"] is not None]
-    return {
+    log("measuring the bounds' quantities ...")
+    quantities = bounds.measure_quantities(model, setup.data.train,
+                                           num_classes=setup.data.num_classes)
+    test_error = {name: bound.as_dict() for name, bound in bounds.error_bounds(quantities).items()}
+    summary = {
         "flags": {k: _json_number(getattr(config, k)) for k in config.flag_values()},
         "train_loss": train_loss, "train_accuracy": train_acc,
         "test_loss": test_loss, "test_accuracy": test_acc,
@@ -216,7 +222,9 @@ def finalize(config, setup, model, log):
         "layers": [{k: _json_number(v) for k, v in r.items()} for r in rows],
         "table": measure.format_table(rows),
         "replicas": setup.replicas,
+        "test_error_bounds": test_error,
     }
+    return summary, quantities
 
 
 def _numeric_hparams(config):
@@ -245,14 +253,14 @@ def write_hparams(log_dir, config, summary):
             tf.summary.scalar(f"final/{name}", summary[name], step=0)
 
 
-def write_capacity_report(run_dir, model, data, log):
+def write_capacity_report(run_dir, model, data, log, quantities=None):
     """The report; the run is complete once summary.json exists, so a report
     that fails says so and leaves the run as it is."""
     from keras_capacity.training import report
 
     log("writing the capacity report ...")
     try:
-        report.write_report(run_dir, model, data)
+        report.write_report(run_dir, model, data, quantities)
     except Exception as error:  # noqa: BLE001  the training result must survive
         print(f"warning: the capacity report failed ({type(error).__name__}: {error}); the "
               f"run itself is complete. Retry: keras-capacity-report {run_dir}", file=sys.stderr)
@@ -279,12 +287,21 @@ def _finished_run(run_dir, setup, log):
 def describe(summary, run_dir):
     """The lines a finished run ends with: the table and the headline numbers."""
     holds = "yes" if summary["all_constraints_hold"] else "NO"
+    bounds_line = []
+    if summary.get("test_error_bounds"):
+        name, best = min(summary["test_error_bounds"].items(),
+                         key=lambda item: math.inf if item[1]["value"] is None else item[1]["value"])
+        value = "inf" if best["value"] is None else f"{best['value']:.4g}"
+        bounds_line = [f"test error {1 - summary['test_accuracy']:.4f}; at most {value} with "
+                       f"probability {1 - best['delta']:g} by the least vacuous bound, {name}"
+                       f"{' (vacuous)' if best['vacuous'] else ''}; see report.md"]
     return "\n".join([
         f"\nAfter a final projection ({FINAL_PROJECTION_ROUNDS} rounds):",
         summary["table"],
         f"train acc {summary['train_accuracy']:.4f}  test acc {summary['test_accuracy']:.4f}  "
         f"gap {summary['accuracy_gap']:.4f} | network Lipschitz bound "
         f"{summary['network_lipschitz']:.4g} | every constraint holds: {holds}",
+        *bounds_line,
         f"{summary.get('images_per_s', 0):.0f} images/s over {summary.get('epochs', 0)} epochs "
         f"in {summary.get('sessions', 0)} session(s); summary in "
         f"{os.path.join(run_dir, runs.SUMMARY_FILE)}",
@@ -325,7 +342,7 @@ def train_and_evaluate(config, run_dir, log=print):
         epochs_run = 0
     else:
         epochs_run = fit(config, setup, model, run_dir, log)
-    summary = finalize(config, setup, model, log)
+    summary, quantities = finalize(config, setup, model, log)
     summary.update(epochs_this_session=epochs_run, wall_time_s=time.time() - started,
                    versions=versions())
     if setup.chief:
@@ -335,5 +352,5 @@ def train_and_evaluate(config, run_dir, log=print):
         write_hparams(os.path.join(run_dir, "tensorboard"), config, summary)
         runs.write_summary(run_dir, summary)
         shutil.rmtree(os.path.join(run_dir, runs.BACKUP_DIR), ignore_errors=True)
-        write_capacity_report(run_dir, model, setup.data, log)
+        write_capacity_report(run_dir, model, setup.data, log, quantities)
     return summary

@@ -109,3 +109,12 @@ def test_prepare_command(tmp_path, capsys):
         in capsys.readouterr().out
     with pytest.raises(SystemExit):
         data.main(["prepare", "shapes10", f"--data_dir={tmp_path}"])
+
+
+def test_a_foreign_data_dir_is_one_clear_error(tmp_path):
+    folder = tmp_path / "cifar10" / "3.0.2"
+    folder.mkdir(parents=True)
+    (folder / "dataset_info.json").write_text("{garbage")
+    with pytest.raises(data.DataNotFound, match=f"{tmp_path} does not hold a readable cifar10 "
+                                                r"\(ParseError: .*keras-capacity-data prepare"):
+        data.load("cifar10", str(tmp_path))

@@ -13,32 +13,40 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
+from step_timer import StepTimer  # benchmarks/, the script's folder
 
-import keras_capacity as kc  # noqa: E402
-from step_timer import StepTimer  # noqa: E402  (benchmarks/, the script's folder)
+import keras_capacity as kc
 
 
 def build(constraint_factory):
     layers = [keras.Input((32, 32, 3))]
     for _ in range(5):
-        layers += [keras.layers.Conv2D(64, 3, padding="same", use_bias=False,
-                                       kernel_constraint=constraint_factory()),
-                   keras.layers.ReLU()]
-    layers += [keras.layers.GlobalAveragePooling2D(),
-               keras.layers.Dense(10, kernel_constraint=constraint_factory())]
+        layers += [
+            keras.layers.Conv2D(
+                64, 3, padding="same", use_bias=False, kernel_constraint=constraint_factory()
+            ),
+            keras.layers.ReLU(),
+        ]
+    layers += [
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(10, kernel_constraint=constraint_factory()),
+    ]
     model = keras.Sequential(layers)
     kc.bind(model)
-    model.compile(keras.optimizers.SGD(0.01, momentum=0.9),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        keras.optimizers.SGD(0.01, momentum=0.9),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     return model
 
 
 def median_step(model, x, y, steps, warmup):
     timer = StepTimer()
-    model.fit(x, y, batch_size=128, epochs=1, steps_per_epoch=warmup + steps,
-              verbose=0, callbacks=[timer])
+    model.fit(
+        x, y, batch_size=128, epochs=1, steps_per_epoch=warmup + steps, verbose=0, callbacks=[timer]
+    )
     # Steps of one `every` period are not alike; the median over whole periods is fair.
     return float(np.median(timer.times[warmup:])), float(np.mean(timer.times[warmup:]))
 
@@ -62,9 +70,15 @@ def main():
         keras.utils.set_random_seed(0)
         results[name] = median_step(build(factory), x, y, args.steps, args.warmup)
     base_median, base_mean = results["unconstrained"]
-    print(f"{'setting':32s} {'median s':>9s} {'mean s':>9s} {'ratio(median)':>14s} {'ratio(mean)':>12s}")
+    print(
+        f"{'setting':32s} {'median s':>9s} {'mean s':>9s} "
+        f"{'ratio(median)':>14s} {'ratio(mean)':>12s}"
+    )
     for name, (median, mean) in results.items():
-        print(f"{name:32s} {median:9.4f} {mean:9.4f} {median / base_median:14.3f} {mean / base_mean:12.3f}")
+        print(
+            f"{name:32s} {median:9.4f} {mean:9.4f} "
+            f"{median / base_median:14.3f} {mean / base_mean:12.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -24,13 +24,13 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
+from step_timer import StepTimer  # benchmarks/, the script's folder
 
-import keras_capacity as kc  # noqa: E402
-from step_timer import StepTimer  # noqa: E402  (benchmarks/, the script's folder)
-from keras_capacity import circular  # noqa: E402
+import keras_capacity as kc
+from keras_capacity import fourier, orthogonal, radial
 
 
 def median_time(function, argument, repeats):
@@ -46,38 +46,62 @@ def median_time(function, argument, repeats):
 def projection_times(mode, repeats):
     """Median seconds of one projection and of the exact norm alone, and the
     constraint and kernel they were measured on."""
-    conv = kc.CircularConv2D(64, 3, use_bias=False,
-                             kernel_constraint=kc.LipDist(1.0, 50, mode=mode, n_iter=1))
+    conv = kc.CircularConv2D(
+        64, 3, use_bias=False, kernel_constraint=kc.LipDist(1.0, 50, mode=mode, n_iter=1)
+    )
     kc.bind(keras.Sequential([keras.Input((32, 32, 64)), conv]))
     constraint = conv.kernel_constraint
-    block = constraint._block()
-    project = tf.function(lambda kernel: constraint._projected(kernel, block, 1)[0])
-    norm = tf.function(lambda kernel: circular.spectral_norm(kernel, constraint.geometry))
+    k0, geometry = constraint.initial_kernel, constraint.geometry
+    if mode == "orthogonal":
+        project = tf.function(lambda kernel: orthogonal.project(kernel, k0, 1.0, 50, geometry, 1))
+    else:
+        estimate = constraint.estimator.in_graph
+        project = tf.function(
+            lambda kernel: radial.project(
+                kernel, k0, 1.0, 50, 1, lambda value, state: estimate(value, state, 0), ()
+            )[0]
+        )
+    norm = tf.function(lambda kernel: fourier.spectral_norm(kernel, geometry))
     kernel = tf.constant(1.5 * conv.kernel.numpy())
-    return median_time(project, kernel, repeats), median_time(norm, kernel, repeats), constraint, kernel
+    return (
+        median_time(project, kernel, repeats),
+        median_time(norm, kernel, repeats),
+        constraint,
+        kernel,
+    )
 
 
 def decomposition_times(constraint, kernel, repeats):
     """Median seconds of ``eigh`` and of ``eigvalsh`` alone on the kernel's
     Gram matrices (one per frequency up to conjugation), and their count."""
-    grams = circular.LatticePairs(constraint.geometry, kernel.shape).grams(kernel)
+    grams = fourier.LatticePairs(constraint.geometry, kernel.shape).grams(kernel)
     eigh = tf.function(lambda matrices: tf.linalg.eigh(matrices)[1])
-    return (median_time(eigh, grams, repeats),
-            median_time(tf.function(tf.linalg.eigvalsh), grams, repeats), grams.shape[0])
+    return (
+        median_time(eigh, grams, repeats),
+        median_time(tf.function(tf.linalg.eigvalsh), grams, repeats),
+        grams.shape[0],
+    )
 
 
 def build(mode):
     layers = [keras.Input((32, 32, 3))]
     for _ in range(5):
         constraint = kc.LipDist(1.0, 50, mode=mode, every=15) if mode else None
-        layers += [kc.CircularConv2D(64, 3, use_bias=False, kernel_constraint=constraint),
-                   keras.layers.ReLU()]
+        layers += [
+            kc.CircularConv2D(64, 3, use_bias=False, kernel_constraint=constraint),
+            keras.layers.ReLU(),
+        ]
     head = kc.LipDist(1.0, 50, mode=mode, every=15) if mode else None
-    layers += [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10, kernel_constraint=head)]
+    layers += [
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(10, kernel_constraint=head),
+    ]
     model = keras.Sequential(layers)
     kc.bind(model)
-    model.compile(keras.optimizers.SGD(0.01, momentum=0.9),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        keras.optimizers.SGD(0.01, momentum=0.9),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     return model
 
 
@@ -89,11 +113,15 @@ def main():
     orthogonal, norm, constraint, kernel = projection_times("orthogonal", args.repeats)
     radial, _, _, _ = projection_times("radial", args.repeats)
     eigh, eigvalsh, matrices = decomposition_times(constraint, kernel, args.repeats)
-    print(f"one projection, 64->64 3x3 circular conv on 32x32: orthogonal "
-          f"{1000 * orthogonal:.1f} ms (of which the exact norm of the feasibility step "
-          f"{1000 * norm:.1f} ms), radial {1000 * radial:.1f} ms")
-    print(f"floor: the {matrices} complex 64x64 Gram matrices alone, eigh {1000 * eigh:.1f} ms, "
-          f"eigvalsh {1000 * eigvalsh:.1f} ms")
+    print(
+        f"one projection, 64->64 3x3 circular conv on 32x32: orthogonal "
+        f"{1000 * orthogonal:.1f} ms (of which the exact norm of the feasibility step "
+        f"{1000 * norm:.1f} ms), radial {1000 * radial:.1f} ms"
+    )
+    print(
+        f"floor: the {matrices} complex 64x64 Gram matrices alone, eigh {1000 * eigh:.1f} ms, "
+        f"eigvalsh {1000 * eigvalsh:.1f} ms"
+    )
     rng = np.random.default_rng(0)
     x = rng.standard_normal((128 * 15, 32, 32, 3)).astype(np.float32)
     y = rng.integers(0, 10, len(x))
@@ -102,13 +130,15 @@ def main():
         model.fit(x, y, batch_size=128, epochs=1, verbose=0)
     timers = {mode: StepTimer() for mode in models}
     for period in range(args.periods):
-        for mode in (list(models) if period % 2 == 0 else list(reversed(models))):
+        for mode in list(models) if period % 2 == 0 else list(reversed(models)):
             models[mode].fit(x, y, batch_size=128, epochs=1, verbose=0, callbacks=[timers[mode]])
     base = float(np.mean(timers[None].times))
     for mode in ("radial", "orthogonal"):
         step = float(np.mean(timers[mode].times))
-        print(f"train step, every=15, {mode:10s}: {step:.4f} s vs {base:.4f} s unconstrained, "
-              f"ratio {step / base:.3f}")
+        print(
+            f"train step, every=15, {mode:10s}: {step:.4f} s vs {base:.4f} s unconstrained, "
+            f"ratio {step / base:.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -27,14 +27,14 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
+from step_timer import StepTimer  # benchmarks/, the script's folder
 
-import keras_capacity as kc  # noqa: E402
-from step_timer import StepTimer  # noqa: E402  (benchmarks/, the script's folder)
-from keras_capacity import models  # noqa: E402
-from keras_capacity.training import data  # noqa: E402
+import keras_capacity as kc
+from keras_capacity import models
+from keras_capacity.training import data
 
 BATCH = 128
 
@@ -43,8 +43,10 @@ def build(**constraints):
     keras.utils.set_random_seed(0)
     model = models.simple_convnet6(10, n_channels=64, **constraints)
     kc.bind(model)
-    model.compile(keras.optimizers.SGD(0.003, momentum=0.9),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        keras.optimizers.SGD(0.003, momentum=0.9),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     return model
 
 
@@ -56,21 +58,25 @@ def main():
     pipeline = data.load("shapes10", batch_size=BATCH, limit_to=args.images).train
     batches = list(pipeline)
     in_memory = tf.data.Dataset.from_tensor_slices(
-        (tf.stack([x for x, _ in batches]), tf.stack([y for _, y in batches])))
-    reference = dict(lip=(2.0, 0.8, 1.4, 1.0), dist=(90, 90, 90, 90), mode="radial",
-                     n_iter=1, every=15)
+        (tf.stack([x for x, _ in batches]), tf.stack([y for _, y in batches]))
+    )
+    reference = dict(
+        lip=(2.0, 0.8, 1.4, 1.0), dist=(90, 90, 90, 90), mode="radial", n_iter=1, every=15
+    )
     runs = {
         "unconstrained, pipeline": (build(), pipeline),
         "reference settings (radial, proj_freq 15), pipeline": (build(**reference), pipeline),
-        "reference settings (orthogonal, proj_freq 15), pipeline":
-            (build(**{**reference, "mode": "orthogonal"}), pipeline),
+        "reference settings (orthogonal, proj_freq 15), pipeline": (
+            build(**{**reference, "mode": "orthogonal"}),
+            pipeline,
+        ),
         "unconstrained, batches in memory": (build(), in_memory),
     }
     for model, dataset in runs.values():  # tracing
         model.fit(dataset, epochs=1, verbose=0)
     timers = {name: StepTimer() for name in runs}
     for epoch in range(args.epochs):
-        for name in (list(runs) if epoch % 2 == 0 else list(reversed(runs))):
+        for name in list(runs) if epoch % 2 == 0 else list(reversed(runs)):
             model, dataset = runs[name]
             model.fit(dataset, epochs=1, verbose=0, callbacks=[timers[name]])
     speed = {name: BATCH / float(np.mean(timer.times)) for name, timer in timers.items()}
@@ -79,17 +85,25 @@ def main():
         print(f"{name:57s} {speed[name]:7.1f} images/s  ratio {speed[name] / base:.3f}")
     mean_overhead = speed["unconstrained, batches in memory"] / base - 1
     medians = {name: float(np.median(timers[name].times)) for name in runs}
-    median_overhead = medians["unconstrained, pipeline"] / medians["unconstrained, batches in memory"] - 1
-    print(f"input pipeline overhead over in-memory tensors: {100 * mean_overhead:+.1f}% "
-          f"(mean step), {100 * median_overhead:+.1f}% (median step)")
+    median_overhead = (
+        medians["unconstrained, pipeline"] / medians["unconstrained, batches in memory"] - 1
+    )
+    print(
+        f"input pipeline overhead over in-memory tensors: {100 * mean_overhead:+.1f}% "
+        f"(mean step), {100 * median_overhead:+.1f}% (median step)"
+    )
     alone = pipeline_time(pipeline, len(batches))
-    print(f"the pipeline alone: {1000 * alone:.2f} ms per batch, "
-          f"{100 * alone / medians['unconstrained, pipeline']:.1f}% of an unconstrained step")
+    print(
+        f"the pipeline alone: {1000 * alone:.2f} ms per batch, "
+        f"{100 * alone / medians['unconstrained, pipeline']:.1f}% of an unconstrained step"
+    )
 
 
 def pipeline_time(dataset, steps, repeats=5):
     """Seconds per batch to drain ``dataset`` in a compiled loop."""
-    drain = tf.function(lambda: dataset.reduce(0.0, lambda total, batch: total + batch[0][0, 0, 0, 0]))
+    drain = tf.function(
+        lambda: dataset.reduce(0.0, lambda total, batch: total + batch[0][0, 0, 0, 0])
+    )
     drain()
     start = time.perf_counter()
     for _ in range(repeats):

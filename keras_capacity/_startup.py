@@ -22,8 +22,9 @@ def started_as_command():
     if program in COMMANDS or program.startswith(COMMAND_PREFIX):
         return True
     arguments = list(getattr(sys, "orig_argv", []))
-    return "-m" in arguments[:-1] and \
-        arguments[arguments.index("-m") + 1].startswith("keras_capacity")
+    return "-m" in arguments[:-1] and arguments[arguments.index("-m") + 1].startswith(
+        "keras_capacity"
+    )
 
 
 def import_tensorflow_quietly():

@@ -7,16 +7,14 @@ both; :func:`project` projects every constrained layer now;
 :func:`lipschitz` and :func:`distance` are the numbers we report.
 """
 
-import contextlib
+from collections.abc import Iterator
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
-from keras_capacity import constraints
+from keras_capacity import backend, constraints, exact_norms, operators
 from keras_capacity import layers as capacity_layers
-from keras_capacity import operators
-from keras_capacity import spectral
 
 
 def _children(layer):
@@ -28,14 +26,14 @@ def _children(layer):
     for value in vars(layer).values():
         values = value if isinstance(value, (list, tuple)) else [value]
         children.extend(
-            v for v in values
-            if isinstance(v, keras.layers.Layer)
-            and not isinstance(v, constraints.LipDist)
+            v
+            for v in values
+            if isinstance(v, keras.layers.Layer) and not isinstance(v, constraints.LipDist)
         )
     return children
 
 
-def _walk_layers(root):
+def walk_layers(root: keras.layers.Layer) -> Iterator[keras.layers.Layer]:
     """Every layer under ``root``, each once, depth first."""
     seen, stack = set(), _children(root)[::-1]
     while stack:
@@ -55,9 +53,7 @@ def lipdists_of(layer):
         if isinstance(value, constraints.LipDist):
             found.append((name, value))
         constraint = getattr(value, "constraint", None)
-        if isinstance(value, keras.Variable) and isinstance(
-            constraint, constraints.LipDist
-        ):
+        if isinstance(value, keras.Variable) and isinstance(constraint, constraints.LipDist):
             if all(constraint is not c for _, c in found):
                 found.append((f"{name}.constraint", constraint))
     return found
@@ -85,14 +81,14 @@ def _check_supported(layer, attribute, constraint):
         )
 
 
-def constrained_layers(model):
+def constrained_layers(model: keras.Model) -> list[tuple[keras.layers.Layer, constraints.LipDist]]:
     """``[(layer, LipDist)]`` for every ``LipDist`` in ``model``.
 
     Raises ``ValueError`` for a ``LipDist`` on a layer or variable it does
     not support, or one object shared by several layers.
     """
     result, owners = [], {}
-    for layer in _walk_layers(model):
+    for layer in walk_layers(model):
         for attribute, constraint in lipdists_of(layer):
             _check_supported(layer, attribute, constraint)
             if id(constraint) in owners and owners[id(constraint)] is not layer:
@@ -162,23 +158,15 @@ def _recorded_input_shapes(model, layers, input_shape):
     finally:
         for layer in patched:
             object.__delattr__(layer, "call")
-    missing = [l.name for l in layers if id(l) not in shapes]
+    missing = [layer.name for layer in layers if id(layer) not in shapes]
     if missing:
         raise ValueError(f"Layers {missing} were not called by the model.")
     return shapes
 
 
-def _scope_of(variable):
-    """The distribution strategy scope the variable was created in."""
-    value = getattr(variable, "value", variable)
-    strategy = getattr(value, "distribute_strategy", None)
-    if isinstance(value, tf.distribute.DistributedValues) and strategy:
-        if not tf.distribute.has_strategy():
-            return strategy.scope()
-    return contextlib.nullcontext()
-
-
-def bind(model, input_shape=None):
+def bind(
+    model: keras.Model, input_shape: tuple | list | None = None
+) -> list[tuple[keras.layers.Layer, constraints.LipDist]]:
     """Gives every ``LipDist`` in ``model`` its layer's geometry and ``K0``.
 
     For each constrained layer this records how the kernel acts (a
@@ -220,16 +208,14 @@ def bind(model, input_shape=None):
             shapes[id(layer)] = tuple(build["input_shape"])
     for layer, constraint in pairs:
         geometry = operator_geometry(layer, shapes[id(layer)])
-        with _scope_of(layer.kernel):
+        with backend.strategy_scope_of(layer.kernel):
             constraint.layer_name = layer.name
-            constraint.create_state(
-                layer.kernel.shape, geometry, layer.kernel.dtype
-            )
+            constraint.create_state(layer.kernel.shape, geometry, layer.kernel.dtype)
             constraint.initialize(layer.kernel)
     return pairs
 
 
-def project(model, n_iter=None):
+def project(model: keras.Model, n_iter: int | None = None) -> None:
     """Projects every constrained layer of ``model`` now.
 
     The reference does this once more with 15 rounds after the last epoch
@@ -240,18 +226,19 @@ def project(model, n_iter=None):
         n_iter: alternating rounds; default each constraint's own.
     """
     for layer, constraint in constrained_layers(model):
-        with _scope_of(layer.kernel):
+        with backend.strategy_scope_of(layer.kernel):
             layer.kernel.assign(constraint.project(layer.kernel, n_iter))
 
 
-def _kernel_lipdist(layer):
+def kernel_lipdist(layer: keras.layers.Layer) -> constraints.LipDist | None:
+    """The bound ``LipDist`` of ``layer``'s kernel, or ``None``."""
     constraint = getattr(layer, "kernel_constraint", None)
     if isinstance(constraint, constraints.LipDist) and constraint.is_bound:
         return constraint
     return None
 
 
-def lipschitz(layer):
+def lipschitz(layer: keras.layers.Layer) -> float:
     """The Lipschitz constant of ``layer``'s linear map, as a float.
 
     Exact for Dense (SVD) and ``CircularConv2D`` whose strides divide the
@@ -265,19 +252,17 @@ def lipschitz(layer):
             f"lipschitz() supports Dense and Conv2D layers, got "
             f"{type(layer).__name__} {layer.name!r}."
         )
-    constraint = _kernel_lipdist(layer)
+    constraint = kernel_lipdist(layer)
     if constraint is not None:
         geometry = constraint.geometry
     elif layer.built:
-        geometry = operator_geometry(
-            layer, layer.get_build_config()["input_shape"]
-        )
+        geometry = operator_geometry(layer, layer.get_build_config()["input_shape"])
     else:
         raise ValueError(f"Layer {layer.name!r} is not built.")
-    return spectral.spectral_norm(layer.kernel.numpy(), geometry)
+    return exact_norms.spectral_norm(ops.convert_to_numpy(layer.kernel), geometry)
 
 
-def distance(layer):
+def distance(layer: keras.layers.Layer) -> float:
     """``||K - K0||_{2,1}`` of ``layer`` as a float (float64 arithmetic).
 
     The norm is taken over the input axis for every output unit and kernel
@@ -286,13 +271,13 @@ def distance(layer):
     """
     if isinstance(layer, capacity_layers.SimplexClassifier):
         return 0.0
-    constraint = _kernel_lipdist(layer)
+    constraint = kernel_lipdist(layer)
     if constraint is None:
         raise ValueError(
             f"Layer {layer.name!r} has no bound LipDist, so it has no K0 to "
             "measure the distance from. Call keras_capacity.bind(model)."
         )
-    delta = layer.kernel.numpy().astype(np.float64) - np.asarray(
-        constraint.initial_kernel.numpy(), np.float64
+    delta = ops.convert_to_numpy(layer.kernel).astype(np.float64) - np.asarray(
+        ops.convert_to_numpy(constraint.initial_kernel), np.float64
     )
     return float(np.linalg.norm(delta, axis=-2).sum())

@@ -44,18 +44,25 @@ import numpy as np
 import scipy.special
 import tensorflow as tf
 
-from keras_capacity import binding, measure, operators
+from keras_capacity import binding, network, operators
 from keras_capacity import layers as capacity_layers
 
 # Per-layer fields: (name, the smallest value allowed, needed by every bound).
 _LAYER_FIELDS = (
-    ("lipschitz", "positive", True), ("dist21", "nonnegative", True),
-    ("params", "count", True), ("input_sizes", "count", True),
-    ("kernel_sizes", "count", True), ("strides", "count", True),
-    ("in_channels", "count", True), ("filter_dist21", "nonnegative", False),
-    ("norm_fro", "nonnegative", False), ("dist_fro", "nonnegative", False),
-    ("norm_1inf", "nonnegative", False), ("dist_1inf", "nonnegative", False),
-    ("filter_norm_max", "nonnegative", False), ("patch_norms", "nonnegative", False),
+    ("lipschitz", "positive", True),
+    ("dist21", "nonnegative", True),
+    ("params", "count", True),
+    ("input_sizes", "count", True),
+    ("kernel_sizes", "count", True),
+    ("strides", "count", True),
+    ("in_channels", "count", True),
+    ("filter_dist21", "nonnegative", False),
+    ("norm_fro", "nonnegative", False),
+    ("dist_fro", "nonnegative", False),
+    ("norm_1inf", "nonnegative", False),
+    ("dist_1inf", "nonnegative", False),
+    ("filter_norm_max", "nonnegative", False),
+    ("patch_norms", "nonnegative", False),
 )
 # Network fields that only some bounds need.
 _OPTIONAL_NETWORK_FIELDS = ("data_max_abs", "data_max_coordinate_norm")
@@ -163,23 +170,35 @@ class Quantities:
         for name, value in values.items():
             ours = REFERENCE_NAMES.get(name, name)
             if ours not in fields:
-                raise ValueError(f"Quantities.from_reference: unknown name {name!r}; known: "
-                                 f"{sorted(set(REFERENCE_NAMES) | fields)}.")
+                raise ValueError(
+                    f"Quantities.from_reference: unknown name {name!r}; known: "
+                    f"{sorted(set(REFERENCE_NAMES) | fields)}."
+                )
             converted[ours] = _plain(value)
         return cls(**converted)
 
 
 # The reference's names of the fields that it keeps as attributes.
 REFERENCE_NAMES = {
-    "classes": "num_classes", "lip": "lipschitz", "matrix_dist21": "filter_dist21",
-    "norm22": "norm_fro", "dist22": "dist_fro", "norm1inf": "norm_1inf",
-    "dist1inf": "dist_1inf", "inp_dims": "input_sizes", "b_l": "patch_norms",
+    "classes": "num_classes",
+    "lip": "lipschitz",
+    "matrix_dist21": "filter_dist21",
+    "norm22": "norm_fro",
+    "dist22": "dist_fro",
+    "norm1inf": "norm_1inf",
+    "dist1inf": "dist_1inf",
+    "inp_dims": "input_sizes",
+    "b_l": "patch_norms",
 }
 
 
 def _plain(value):
     """A tensor, array or number as plain Python floats (a tuple for arrays)."""
-    array = np.asarray(getattr(value, "numpy", lambda: value)(), np.float64)         if not isinstance(value, (list, tuple)) else np.asarray(value, np.float64)
+    array = (
+        np.asarray(getattr(value, "numpy", lambda: value)(), np.float64)
+        if not isinstance(value, (list, tuple))
+        else np.asarray(value, np.float64)
+    )
     return float(array) if array.ndim == 0 else tuple(float(v) for v in array.ravel())
 
 
@@ -192,20 +211,28 @@ def _number(name, value, kind):
         if not (math.isfinite(number) and number >= 1 and number == int(number)):
             raise ValueError(f"Quantities.{name} must be a positive integer, got {value!r}.")
         return int(number)
-    if not math.isfinite(number) or (kind == "positive" and number <= 0) \
-            or (kind == "nonnegative" and number < 0):
-        wanted = {"positive": "finite and > 0", "nonnegative": "finite and >= 0",
-                  "finite": "finite"}[kind]
+    if (
+        not math.isfinite(number)
+        or (kind == "positive" and number <= 0)
+        or (kind == "nonnegative" and number < 0)
+    ):
+        wanted = {
+            "positive": "finite and > 0",
+            "nonnegative": "finite and >= 0",
+            "finite": "finite",
+        }[kind]
         raise ValueError(f"Quantities.{name} must be {wanted}, got {value!r}.")
     return number
 
 
 def _checked_fields(q):
     """Every field converted and checked, or a ValueError naming it."""
-    checked = {"n": _number("n", q.n, "count"),
-               "num_classes": _number("num_classes", q.num_classes, "count"),
-               "data_norm": _number("data_norm", q.data_norm, "positive"),
-               "margin": _number("margin", q.margin, "finite")}
+    checked = {
+        "n": _number("n", q.n, "count"),
+        "num_classes": _number("num_classes", q.num_classes, "count"),
+        "data_norm": _number("data_norm", q.data_norm, "positive"),
+        "margin": _number("margin", q.margin, "finite"),
+    }
     if checked["num_classes"] < 2:
         raise ValueError(f"Quantities.num_classes must be >= 2, got {q.num_classes!r}.")
     for name in _OPTIONAL_NETWORK_FIELDS:
@@ -222,18 +249,23 @@ def _checked_fields(q):
         try:
             values = tuple(value)
         except TypeError:
-            raise ValueError(f"Quantities.{name} must hold one value per layer, got "
-                             f"{value!r}.") from None
+            raise ValueError(
+                f"Quantities.{name} must hold one value per layer, got {value!r}."
+            ) from None
         depth = len(values) if depth is None else depth
         if len(values) != depth or not values:
-            raise ValueError(f"Quantities.{name} has {len(values)} values; "
-                             f"Quantities.lipschitz has {len(q.lipschitz)} layers.")
+            raise ValueError(
+                f"Quantities.{name} has {len(values)} values; "
+                f"Quantities.lipschitz has {len(q.lipschitz)} layers."
+            )
         checked[name] = tuple(_number(f"{name}[{i}]", v, kind) for i, v in enumerate(values))
     if q.train_margins is not None:
         margins = np.asarray(q.train_margins, np.float64).ravel()
         if len(margins) != checked["n"] or not np.all(np.isfinite(margins)):
-            raise ValueError(f"Quantities.train_margins must hold n={checked['n']} finite "
-                             f"margins, got {len(margins)}.")
+            raise ValueError(
+                f"Quantities.train_margins must hold n={checked['n']} finite "
+                f"margins, got {len(margins)}."
+            )
         checked["train_margins"] = tuple(float(m) for m in margins)
     return checked
 
@@ -241,8 +273,9 @@ def _checked_fields(q):
 def _needs(q, bound, *names):
     missing = [name for name in names if getattr(q, name) is None]
     if missing:
-        raise ValueError(f"The bound {bound!r} needs Quantities.{', Quantities.'.join(missing)}, "
-                         "which is None.")
+        raise ValueError(
+            f"The bound {bound!r} needs Quantities.{', Quantities.'.join(missing)}, which is None."
+        )
 
 
 # ----------------------------------------------------------------- bounds
@@ -252,7 +285,9 @@ def _checked_margin(gamma):
     if not gamma > 0:
         warnings.warn(
             f"The margin gamma={gamma} is not positive: margin-based bounds are inf "
-            "(the network misclassifies a training example).", RuntimeWarning, stacklevel=3,
+            "(the network misclassifies a training example).",
+            RuntimeWarning,
+            stacklevel=3,
         )
         return None
     return float(gamma)
@@ -292,7 +327,7 @@ def ours_params(q, gamma):
         return math.inf
     x = (q.depth * _c_tilde(q, gamma)) ** 2
     with np.errstate(divide="ignore", over="ignore"):
-        psi = scipy.special.zeta(1.5, 1) ** (1 / 3) * scipy.special.zeta(1.5, 1 + 1 / x ** 2)
+        psi = scipy.special.zeta(1.5, 1) ** (1 / 3) * scipy.special.zeta(1.5, 1 + 1 / x**2)
     terms = 2 * q.array("params") * (np.log1p(x) + np.nan_to_num(psi))
     return 12 / math.sqrt(q.n) * math.sqrt(np.sum(terms))
 
@@ -309,7 +344,7 @@ def bartlett(q, gamma):
     if _checked_margin(gamma) is None:
         return math.inf
     d_out, k = _output_sizes(q), q.array("kernel_sizes")
-    c = _c_tilde(q, gamma) * d_out ** 2 / k
+    c = _c_tilde(q, gamma) * d_out**2 / k
     width = np.max(q.array("params") * (q.array("input_sizes") * d_out / k) ** 2)
     norms = np.sum(c ** (2 / 3)) ** 1.5
     return 4 / q.n + 12 * math.log(q.n) / math.sqrt(q.n) * math.sqrt(math.log(2 * width)) * norms
@@ -319,9 +354,9 @@ def _ledent_bound(q, r, log_factor):
     d_out = _output_sizes(q)
     channels_out = np.append(q.array("in_channels")[1:], q.num_classes)
     big_r = np.sum(r ** (2 / 3)) ** 1.5
-    big_gamma = np.max(r * d_out ** 2 * channels_out)
-    width = np.max(d_out ** 2 * channels_out)
-    root = math.sqrt(math.log2(32 * big_gamma * q.n ** 2 + 7 * width * q.n))
+    big_gamma = np.max(r * d_out**2 * channels_out)
+    width = np.max(d_out**2 * channels_out)
+    root = math.sqrt(math.log2(32 * big_gamma * q.n**2 + 7 * width * q.n))
     return 4 / q.n + 768 * big_r * root * log_factor
 
 
@@ -342,8 +377,10 @@ def ledent_main(q, gamma):
     b = np.append(q.array("patch_norms"), gamma)
     d = q.array("input_sizes")
     depth = q.depth
-    rho = [max(np.prod(lips[i + 1: j + 1]) / b[j + 1] * d[i + 1] for j in range(i + 1, depth))
-           for i in range(depth - 1)]
+    rho = [
+        max(np.prod(lips[i + 1 : j + 1]) / b[j + 1] * d[i + 1] for j in range(i + 1, depth))
+        for i in range(depth - 1)
+    ]
     rho.append(b[-2] / b[-1])
     r = b[:-1] * np.asarray(rho) * dists
     return _ledent_bound(q, r, math.log(q.n) / math.sqrt(q.n))
@@ -356,8 +393,9 @@ def ledent_fixed_constraints(q, gamma):
     largest filter norm (as the reference); bound
     ``4/n + 768 R sqrt(log2(32 Gamma n^2 + 7 W n))`` (as the reference,
     without the ``log(n)/sqrt(n)`` factor)."""
-    _needs(q, "ledent_fixed_constraints", "filter_dist21", "norm_fro", "filter_norm_max",
-           "patch_norms")
+    _needs(
+        q, "ledent_fixed_constraints", "filter_dist21", "norm_fro", "filter_norm_max", "patch_norms"
+    )
     if _checked_margin(gamma) is None:
         return math.inf
     dists, lips = q.array("filter_dist21").copy(), q.array("lipschitz").copy()
@@ -373,10 +411,15 @@ def lin(q, gamma):
     if _checked_margin(gamma) is None:
         return math.inf
     s = q.array("lipschitz")
-    summands = q.array("params") ** 2 * q.array("input_sizes") / q.array("strides") \
-        * q.array("norm_fro") / s
-    root = 2 / gamma * q.data_norm / math.sqrt(q.n) * np.prod(s) * q.depth ** 2 * np.sum(summands)
-    return 16 * root ** 0.25 / math.sqrt(q.n)
+    summands = (
+        q.array("params") ** 2
+        * q.array("input_sizes")
+        / q.array("strides")
+        * q.array("norm_fro")
+        / s
+    )
+    root = 2 / gamma * q.data_norm / math.sqrt(q.n) * np.prod(s) * q.depth**2 * np.sum(summands)
+    return 16 * root**0.25 / math.sqrt(q.n)
 
 
 def _input_dimension(q):
@@ -387,17 +430,28 @@ def neyshabur_1inf(q, gamma=None):
     """Neyshabur, Tomioka & Srebro 2015, Corollary 2, (1,inf) norms:
     ``2^L K prod ||K_i||_{1,inf} sqrt(log(2 D)) max|X| / sqrt(n)``."""
     _needs(q, "neyshabur_1inf", "norm_1inf", "data_max_abs")
-    return (2 ** q.depth * q.num_classes * np.prod(q.array("norm_1inf"))
-            * math.sqrt(math.log(2 * _input_dimension(q))) * q.data_max_abs / math.sqrt(q.n))
+    return (
+        2**q.depth
+        * q.num_classes
+        * np.prod(q.array("norm_1inf"))
+        * math.sqrt(math.log(2 * _input_dimension(q)))
+        * q.data_max_abs
+        / math.sqrt(q.n)
+    )
 
 
 def golowich_1inf(q, gamma=None):
     """Golowich, Rakhlin & Shamir 2018, Theorem 2:
     ``2 K prod ||K_i||_{1,inf} sqrt(L + 1 + log D) sqrt(max_j ||X_j|| / n) / sqrt(n)``."""
     _needs(q, "golowich_1inf", "norm_1inf", "data_max_coordinate_norm")
-    return (2 * q.num_classes * np.prod(q.array("norm_1inf"))
-            * math.sqrt(q.depth + 1 + math.log(_input_dimension(q)))
-            * math.sqrt(q.data_max_coordinate_norm / q.n) / math.sqrt(q.n))
+    return (
+        2
+        * q.num_classes
+        * np.prod(q.array("norm_1inf"))
+        * math.sqrt(q.depth + 1 + math.log(_input_dimension(q)))
+        * math.sqrt(q.data_max_coordinate_norm / q.n)
+        / math.sqrt(q.n)
+    )
 
 
 def gouk_1inf(q, gamma=None):
@@ -405,8 +459,15 @@ def gouk_1inf(q, gamma=None):
     ``2^(L+1) K prod ||K_i||_{1,inf} log(D) sum_i dist_i/norm_i max|X| / sqrt(n)``."""
     _needs(q, "gouk_1inf", "norm_1inf", "dist_1inf", "data_max_abs")
     ratio = np.sum(q.array("dist_1inf") / q.array("norm_1inf"))
-    return (2 ** (q.depth + 1) * q.num_classes * np.prod(q.array("norm_1inf"))
-            * math.log(_input_dimension(q)) * ratio * q.data_max_abs / math.sqrt(q.n))
+    return (
+        2 ** (q.depth + 1)
+        * q.num_classes
+        * np.prod(q.array("norm_1inf"))
+        * math.log(_input_dimension(q))
+        * ratio
+        * q.data_max_abs
+        / math.sqrt(q.n)
+    )
 
 
 def _frobenius_product(q):
@@ -417,16 +478,28 @@ def neyshabur_fro(q, gamma=None):
     """Neyshabur et al. 2015, Corollary 2, Frobenius norms of the matrices:
     ``2^(L-1) K ||X||/sqrt(2n) prod ||K_i||_F d_i/t_i / sqrt(n)``."""
     _needs(q, "neyshabur_fro", "norm_fro")
-    return (2 ** (q.depth - 1) * q.num_classes * q.data_norm / math.sqrt(2 * q.n)
-            * _frobenius_product(q) / math.sqrt(q.n))
+    return (
+        2 ** (q.depth - 1)
+        * q.num_classes
+        * q.data_norm
+        / math.sqrt(2 * q.n)
+        * _frobenius_product(q)
+        / math.sqrt(q.n)
+    )
 
 
 def golowich_fro(q, gamma=None):
     """Golowich et al. 2018, Theorem 1:
     ``K ||X||/sqrt(n) prod ||K_i||_F d_i/t_i (1 + sqrt(2 log(2) L)) / sqrt(n)``."""
     _needs(q, "golowich_fro", "norm_fro")
-    return (q.num_classes * q.data_norm / math.sqrt(q.n) * _frobenius_product(q)
-            * (1 + math.sqrt(2 * math.log(2) * q.depth)) / math.sqrt(q.n))
+    return (
+        q.num_classes
+        * q.data_norm
+        / math.sqrt(q.n)
+        * _frobenius_product(q)
+        * (1 + math.sqrt(2 * math.log(2) * q.depth))
+        / math.sqrt(q.n)
+    )
 
 
 def gouk_fro(q, gamma=None):
@@ -436,7 +509,7 @@ def gouk_fro(q, gamma=None):
     _needs(q, "gouk_fro", "norm_fro", "dist_fro")
     d, c = q.array("input_sizes"), q.array("in_channels")
     log_bound = math.log(2 ** (q.depth + 0.5) * q.num_classes * q.data_norm / math.sqrt(q.n))
-    log_bound += np.sum(np.log(d ** 2 / q.array("strides") * np.sqrt(c) * q.array("norm_fro")))
+    log_bound += np.sum(np.log(d**2 / q.array("strides") * np.sqrt(c) * q.array("norm_fro")))
     prefix = np.cumprod(d * np.sqrt(c))
     distances = np.sum(q.array("dist_fro") / q.array("norm_fro") / prefix)
     if distances == 0:  # every kernel at K0
@@ -447,26 +520,39 @@ def gouk_fro(q, gamma=None):
 
 # Ours first, then the others in the order of the paper's Table 1.
 BOUNDS = {
-    "ours_norms": ours_norms, "ours_params": ours_params, "bartlett": bartlett,
-    "ledent_main": ledent_main, "ledent_fixed_constraints": ledent_fixed_constraints,
-    "lin": lin, "neyshabur_1inf": neyshabur_1inf, "golowich_1inf": golowich_1inf,
-    "gouk_1inf": gouk_1inf, "neyshabur_fro": neyshabur_fro, "golowich_fro": golowich_fro,
+    "ours_norms": ours_norms,
+    "ours_params": ours_params,
+    "bartlett": bartlett,
+    "ledent_main": ledent_main,
+    "ledent_fixed_constraints": ledent_fixed_constraints,
+    "lin": lin,
+    "neyshabur_1inf": neyshabur_1inf,
+    "golowich_1inf": golowich_1inf,
+    "gouk_1inf": gouk_1inf,
+    "neyshabur_fro": neyshabur_fro,
+    "golowich_fro": golowich_fro,
     "gouk_fro": gouk_fro,
 }
 # The layer-peeling bounds: on the complexity of the network's outputs (times
 # kappa, as the reference), not of the ramp-loss class; they do not depend
 # on the margin.
-MARGIN_FREE = ("neyshabur_1inf", "golowich_1inf", "gouk_1inf", "neyshabur_fro",
-               "golowich_fro", "gouk_fro")
+MARGIN_FREE = (
+    "neyshabur_1inf",
+    "golowich_1inf",
+    "gouk_1inf",
+    "neyshabur_fro",
+    "golowich_fro",
+    "gouk_fro",
+)
 
 
-def all_bounds(q, gamma=None):
+def all_bounds(q: Quantities, gamma: float | None = None) -> dict[str, float]:
     """``{name: bound}`` for every bound, at ``gamma`` (default: ``q.margin``)."""
     gamma = q.margin if gamma is None else gamma
     return {name: float(bound(q, gamma)) for name, bound in BOUNDS.items()}
 
 
-def bounds_over_margins(q, gammas):
+def bounds_over_margins(q: Quantities, gammas) -> dict[str, list[float]]:
     """``{name: [bound at each gamma]}``; margin-free bounds are constant."""
     gammas = [float(g) for g in gammas]
     return {name: [float(bound(q, g)) for g in gammas] for name, bound in BOUNDS.items()}
@@ -480,7 +566,7 @@ MARGIN_GRID = tuple(2.0 ** (j / 2) for j in range(-40, 41))
 DELTA = 0.05
 
 
-def ramp_loss(margins, gamma):
+def ramp_loss(margins, gamma: float) -> float:
     """The mean ramp loss at margin ``gamma``: 1 for a margin ``m <= 0``,
     ``1 - m/gamma`` for ``0 < m < gamma``, 0 for ``m >= gamma``."""
     return float(np.mean(np.clip(1.0 - np.asarray(margins, np.float64) / gamma, 0.0, 1.0)))
@@ -522,11 +608,13 @@ class ErrorBound:
     def as_dict(self):
         values = dataclasses.asdict(self)
         values["vacuous"] = self.vacuous
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                for k, v in values.items()}
+        return {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in values.items()
+        }
 
 
-def error_bound(q, name, delta=DELTA, grid=MARGIN_GRID):
+def error_bound(q: Quantities, name: str, delta: float = DELTA, grid=MARGIN_GRID) -> ErrorBound:
     """The margin bound on the test error by complexity bound ``name``.
 
     With probability at least ``1 - delta`` over the ``n`` training
@@ -556,12 +644,19 @@ def error_bound(q, name, delta=DELTA, grid=MARGIN_GRID):
             complexity = ramp_class_complexity(q, name, gamma)
             value = ramp + 2 * complexity + confidence
             if best is None or value < best.value:
-                best = ErrorBound(name, float(value), float(gamma), ramp, float(complexity),
-                                  confidence, float(delta))
+                best = ErrorBound(
+                    name,
+                    float(value),
+                    float(gamma),
+                    ramp,
+                    float(complexity),
+                    confidence,
+                    float(delta),
+                )
     return best
 
 
-def error_bounds(q, delta=DELTA, grid=MARGIN_GRID):
+def error_bounds(q: Quantities, delta: float = DELTA, grid=MARGIN_GRID) -> dict[str, ErrorBound]:
     """``{name: ErrorBound}`` for every bound of :data:`BOUNDS`."""
     return {name: error_bound(q, name, delta, grid) for name in BOUNDS}
 
@@ -570,10 +665,16 @@ def error_bounds(q, delta=DELTA, grid=MARGIN_GRID):
 
 
 def _kernel_layers(model):
-    layers = [layer for layer in binding._walk_layers(model)
-              if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D))]
-    missing = [layer.name for layer in layers if binding._kernel_lipdist(layer) is None
-               and not hasattr(layer, "lipschitz_constant")]
+    layers = [
+        layer
+        for layer in binding.walk_layers(model)
+        if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D))
+    ]
+    missing = [
+        layer.name
+        for layer in layers
+        if binding.kernel_lipdist(layer) is None and not hasattr(layer, "lipschitz_constant")
+    ]
     if not layers or missing:
         raise ValueError(
             "measure_quantities needs every Dense/Conv2D layer to have a bound LipDist "
@@ -589,11 +690,13 @@ def _as_conv_kernel(kernel):
 
 def _layer_record(layer):
     kernel = _as_conv_kernel(layer.kernel.numpy())
-    constraint = binding._kernel_lipdist(layer)
+    constraint = binding.kernel_lipdist(layer)
     initial = kernel if constraint is None else _as_conv_kernel(constraint.initial_kernel.numpy())
     delta = kernel - initial
     filters = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731  (kh kw in, out)
-    geometry = constraint.geometry if constraint is not None else operators.OperatorGeometry("dense")
+    geometry = (
+        constraint.geometry if constraint is not None else operators.OperatorGeometry("dense")
+    )
     dense = geometry.kind == operators.DENSE
     return {
         "lipschitz": binding.lipschitz(layer),
@@ -625,20 +728,25 @@ def _patch_norm_squares(layer, inputs):
     elif layer.padding == "same":
         x = tf.pad(x, [[0, 0], [(kh - 1) // 2, kh // 2], [(kw - 1) // 2, kw // 2], [0, 0]])
     ones = tf.ones((kh, kw, x.shape[-1], 1), tf.float32)
-    return tf.nn.conv2d(x, ones, strides=layer.strides, padding="VALID",
-                        dilations=layer.dilation_rate)
+    return tf.nn.conv2d(
+        x, ones, strides=layer.strides, padding="VALID", dilations=layer.dilation_rate
+    )
 
 
 def _batches(data, labels, batch_size):
     if labels is not None:
         data = np.asarray(data)
         labels = np.asarray(labels)
-        return [(data[i:i + batch_size], labels[i:i + batch_size])
-                for i in range(0, len(data), batch_size)]
+        return [
+            (data[i : i + batch_size], labels[i : i + batch_size])
+            for i in range(0, len(data), batch_size)
+        ]
     return data
 
 
-def measure_quantities(model, data, labels=None, num_classes=None, batch_size=256):
+def measure_quantities(
+    model: keras.Model, data, labels=None, num_classes: int | None = None, batch_size: int = 256
+) -> Quantities:
     """Measures a :class:`Quantities` for a bound model and its training data.
 
     ``data`` is an array of inputs with ``labels``, or a ``tf.data.Dataset``
@@ -660,22 +768,26 @@ def measure_quantities(model, data, labels=None, num_classes=None, batch_size=25
         inputs = np.asarray(inputs, np.float64)
         flat = inputs.reshape(len(inputs), -1)
         n += len(inputs)
-        square_sum += float(np.sum(flat ** 2))
+        square_sum += float(np.sum(flat**2))
         max_abs = max(max_abs, float(np.abs(flat).max()))
-        squares = np.sum(flat ** 2, axis=0)
+        squares = np.sum(flat**2, axis=0)
         coordinate_squares = squares if coordinate_squares is None else coordinate_squares + squares
         *activations, scores = probes(inputs.astype(np.float32), training=False)
-        margins.append(measure.margins_of_scores(scores, targets))
-        for i, (layer, activation) in enumerate(zip(layers, activations)):
+        margins.append(network.margins_of_scores(scores, targets))
+        for i, (layer, activation) in enumerate(zip(layers, activations, strict=True)):
             patch[i] = max(patch[i], float(tf.reduce_max(_patch_norm_squares(layer, activation))))
     if n == 0:
         raise ValueError("measure_quantities: the data is empty.")
     per_layer = {key: tuple(r[key] for r in records) for key in records[0]}
     margins = np.concatenate(margins)
     return Quantities(
-        n=n, num_classes=int(num_classes or model.output_shape[-1]),
-        data_norm=math.sqrt(square_sum), data_max_abs=max_abs,
+        n=n,
+        num_classes=int(num_classes or model.output_shape[-1]),
+        data_norm=math.sqrt(square_sum),
+        data_max_abs=max_abs,
         data_max_coordinate_norm=float(np.sqrt(coordinate_squares.max())),
-        margin=float(margins.min()), train_margins=tuple(margins.tolist()),
-        patch_norms=tuple(float(np.sqrt(p)) for p in patch), **per_layer,
+        margin=float(margins.min()),
+        train_margins=tuple(margins.tolist()),
+        patch_norms=tuple(float(np.sqrt(p)) for p in patch),
+        **per_layer,
     )

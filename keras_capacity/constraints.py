@@ -1,35 +1,38 @@
 """``LipDist``: hard constraints on a layer's Lipschitz constant and on the
-(2,1) distance of its kernel to initialization (SPEC §2-3)."""
+(2,1) distance of its kernel to initialization (SPEC §2-3).
+
+The constraint keeps state (``K0``, the step count, its estimator's state),
+decides by the step count whether a step projects, and serializes; the
+projections themselves are pure functions (:mod:`keras_capacity.radial`,
+:mod:`keras_capacity.orthogonal`), and ``Lip(K)`` comes from an estimator
+chosen when the constraint is bound (:mod:`keras_capacity.lipschitz_estimators`).
+"""
 
 import math
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
-from keras_capacity import circular
-from keras_capacity import constraint_values
-from keras_capacity import operators
-from keras_capacity import orthogonal
-from keras_capacity import projections
-from keras_capacity import spectral
+from keras_capacity import (
+    backend,
+    constraint_values,
+    fourier,
+    lipschitz_estimators,
+    operators,
+    orthogonal,
+    radial,
+)
 
 MODES = ("radial", "orthogonal")
 # What the constraint guarantees for every kernel it returns (relative).
 LIPSCHITZ_TOLERANCE = 1e-3
 DISTANCE_TOLERANCE = 1e-5
-# Singular directions tracked by the in-graph subspace iteration; a random
-# probe of weight PROBE_WEIGHT is mixed into the weakest of them at every
-# projection.
-TRACKED_DIRECTIONS = 4
-PROBE_WEIGHT = 0.5
 
 
 def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"LipDist: `{name}` must be an integer >= 1, got {value!r}.")
-    if value < 1:
-        raise ValueError(f"LipDist: `{name}` must be >= 1, got {value!r}.")
     return int(value)
 
 
@@ -47,88 +50,89 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
     >>> keras_capacity.bind(model)
 
     After every optimizer step (every ``every``-th step) the kernel ``K`` is
-    projected onto ``{K : Lip(K) <= lip, ||K - K0||_{2,1} <= dist}``:
+    projected onto ``{K : Lip(K) <= lip, ||K - K0||_{2,1} <= dist}``, where
+    ``Lip(K)`` is the operator norm of the map the layer computes on its
+    actual input (for a convolution: on its ``H x W`` input, with its
+    padding, strides and dilation):
 
-    * ``Lip(K)`` is the operator norm of the map the layer computes on its
-      actual input (for a convolution: on its ``H x W`` input, with its
-      padding, strides and dilation). The radial projection scales ``K`` by
-      ``lip / Lip(K)`` when above. For a ``CircularConv2D`` (strides that
-      divide its input, up to ``circular.EXACT_COST_LIMIT``) the train step
-      computes ``Lip(K)`` exactly by FFT (:mod:`keras_capacity.circular`).
-      For other layers it is tracked by subspace iteration on ``A`` and its
-      adjoint over the top ``TRACKED_DIRECTIONS`` singular directions,
-      warm-started from the previous step. Eager projections use the
-      converged float64 value.
-    * The distance ball is projected onto exactly (Euclidean projection by
-      group soft-thresholding, the threshold found by sorting).
-    * With both constraints, ``n_iter`` alternating rounds (distance, then
-      Lipschitz) are followed by a feasibility step: if the distance still
-      exceeds ``dist``, the kernel moves along the segment toward ``K0`` to
-      the nearest point inside the ball. The Lipschitz constant is convex
-      and both ends of that segment satisfy it, so the result satisfies both.
+    * ``mode="radial"`` (:func:`keras_capacity.radial.project`): ``n_iter``
+      rounds of the exact Euclidean projection onto the distance ball
+      (group soft-thresholding) and ``K * lip / Lip(K)`` when above, then a
+      feasibility step along the segment toward ``K0``. In the train step
+      ``Lip(K)`` is exact for a ``CircularConv2D`` (by FFT) and tracked by
+      warm-started subspace iteration otherwise; see
+      :mod:`keras_capacity.lipschitz_estimators`.
+    * ``mode="orthogonal"`` (:func:`keras_capacity.orthogonal.project`): the
+      nearest kernel, by singular-value clipping (Dense) or per-frequency
+      clipping (``CircularConv2D``; a zero-padded ``Conv2D`` is refused at
+      ``bind``), with the distance ball by ``n_iter`` rounds of Dykstra's
+      algorithm, then a feasibility step with the exact in-graph spectrum.
+
+    **Two ways to project.** Keras calls the constraint after each optimizer
+    step inside the compiled train step: there it counts steps, projects on
+    every ``every``-th, and uses the in-graph estimate. :meth:`project`
+    (and :func:`keras_capacity.project`, or a direct call outside the train
+    step) projects now, exactly: ``Lip(K)`` is the converged float64 value.
 
     **Tolerances.** Every kernel the constraint returns has distance
     ``<= dist * (1 + 1e-5)`` (float32 rounding) and Lipschitz constant
-    ``<= lip * (1 + 1e-3)``. Eager projections (:func:`keras_capacity.project`,
-    a direct call) are exact, and so are train-step projections that use the
-    exact FFT norm or ``mode="orthogonal"``. Otherwise the bound rests on the
-    tracked estimate, which iterates until the Ritz values change by less
-    than 1e-5 (2 to 50 steps); ``bind`` starts it from the converged top
-    singular vectors. An optimizer step that lifts a direction far above the
-    tracked ones makes the estimate lag until later projections catch up.
+    ``<= lip * (1 + 1e-3)``: exactly so for :meth:`project`, for circular
+    convolutions and for ``mode="orthogonal"``; where the estimate is
+    tracked, the train step's bound rests on it (it iterates until the Ritz
+    values change by less than 1e-5, and ``bind`` starts it from the
+    converged top singular vectors). An optimizer step that lifts a
+    direction far above the tracked ones makes the estimate lag until later
+    projections catch up.
 
     ``K0`` is the kernel at :func:`keras_capacity.bind` time, after it was
     scaled down to ``lip`` if it exceeded it. ``lip=inf`` or ``dist=inf``
     switches a constraint off; ``dist=0`` freezes the kernel at ``K0``.
 
     **State.** ``LipDist`` is also a Keras layer (with no trainable
-    weights), tracked by the layer it constrains: its variables ``K0``, the
-    tracked singular directions and the step counter are saved by ``model.save``,
-    ``model.save_weights`` and ``keras.callbacks.BackupAndRestore``, and
-    restored by ``keras.models.load_model`` and ``load_weights`` (the
-    directions exist only where the estimate is tracked); a loaded
-    model keeps measuring from the original ``K0``. They appear in
-    ``model.summary()`` as non-trainable parameters.
+    weights), tracked by the layer it constrains: ``K0``, the step count and
+    the tracked singular directions (where the estimate is tracked) are
+    saved by ``model.save``, ``save_weights`` and
+    ``keras.callbacks.BackupAndRestore``, and restored by ``load_model`` and
+    ``load_weights``; a loaded model keeps measuring from the original
+    ``K0``. They appear in ``model.summary()`` as non-trainable parameters.
 
-    **Non-finite kernels** raise ``tf.errors.InvalidArgumentError`` naming
-    the variable, instead of projecting NaN. (XLA drops such run-time checks;
-    under ``jit_compile=True`` the NaN reaches the loss instead, which
-    ``keras.callbacks.TerminateOnNaN`` catches.)
+    **Non-finite kernels** (NaN, inf, or values whose squares overflow) end
+    the step with an ``InvalidArgumentError`` naming the variable, instead
+    of projecting them. (XLA drops such run-time checks; under
+    ``jit_compile=True`` the NaN reaches the loss instead.)
 
     Args:
         lip: the Lipschitz bound, ``> 0``; ``inf`` or ``None`` for none.
         dist: the (2,1) distance bound, ``>= 0``; ``inf`` or ``None`` for none.
-        mode: ``"radial"`` (rescale ``K``), or ``"orthogonal"``: the nearest
-            kernel (Euclidean), by singular-value clipping (Dense) or
-            per-frequency clipping of the FFT of the kernel on its input grid
-            (``CircularConv2D``; a zero-padded ``Conv2D`` is refused at
-            ``bind``), combined with the distance ball and the kernel's
-            support by ``n_iter`` rounds of Dykstra's algorithm, then the
-            feasibility step (see :mod:`keras_capacity.orthogonal`). Its
-            Lipschitz bound holds exactly in the train step too: the
-            feasibility step uses the exact in-graph spectrum.
+        mode: ``"radial"`` or ``"orthogonal"``.
         n_iter: alternating rounds per projection (with both constraints).
-        every: project on every ``every``-th optimizer step only. The count
-            is kept inside the compiled train step. A direct call outside
-            ``tf.function`` (or with ``run_eagerly=True``) always projects.
+        every: project on every ``every``-th optimizer step of the train step.
     """
 
-    def __init__(self, lip=math.inf, dist=math.inf, *, mode="radial", n_iter=1, every=1):
+    def __init__(
+        self,
+        lip: float | None = math.inf,
+        dist: float | None = math.inf,
+        *,
+        mode: str = "radial",
+        n_iter: int = 1,
+        every: int = 1,
+    ):
         keras.layers.Layer.__init__(self, trainable=False)
         self.lip = constraint_values.check_bound(lip, constraint_values.LIPSCHITZ, "LipDist: `lip`")
-        self.dist = constraint_values.check_bound(dist, constraint_values.DISTANCE, "LipDist: `dist`")
+        self.dist = constraint_values.check_bound(
+            dist, constraint_values.DISTANCE, "LipDist: `dist`"
+        )
         if mode not in MODES:
-            raise ValueError(
-                f"LipDist: unknown mode {mode!r}; expected one of {MODES}."
-            )
+            raise ValueError(f"LipDist: unknown mode {mode!r}; expected one of {MODES}.")
         self.mode = mode
         self.n_iter = _positive_int("n_iter", n_iter)
         self.every = _positive_int("every", every)
         self.geometry = None
         self.kernel_shape = None
         self.layer_name = None
-
-    # ------------------------------------------------------------------ state
+        self.estimator = None
+        self.estimator_state = ()
 
     @property
     def has_lipschitz(self):
@@ -142,83 +146,69 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
     def tracks_directions(self):
         """Whether the train step estimates ``Lip(K)`` by tracked subspace
         iteration (the radial mode, where no exact in-graph norm applies)."""
-        return (
-            self.has_lipschitz
-            and self.mode == "radial"
-            and self.geometry is not None
-            and not circular.has_exact_norm(self.geometry, self.kernel_shape)
-        )
+        return isinstance(self.estimator, lipschitz_estimators.TrackedSubspace)
 
     @property
     def is_bound(self):
         """Whether the state (``K0``, ...) exists and holds real values."""
-        if self.geometry is None:
-            return False
-        with tf.init_scope():
-            return bool(self.initialized.numpy())
+        return self.geometry is not None and bool(backend.eager_value(self.initialized))
+
+    # ------------------------------------------------------------------ state
 
     def create_state(self, kernel_shape, geometry, dtype="float32"):
-        """Creates the state variables for a kernel acting as ``geometry``.
-
-        Called by :func:`keras_capacity.bind` and by deserialization; the
-        values are zero until ``bind`` or weight loading fills them.
-        """
+        """Creates the state variables for a kernel acting as ``geometry``
+        and chooses the estimator; called by :func:`keras_capacity.bind` and
+        by deserialization (the values are zero until ``bind`` or weight
+        loading fills them)."""
+        kernel_shape = tuple(int(d) for d in kernel_shape)
         if self.geometry is not None:
-            if (geometry, tuple(kernel_shape)) != (self.geometry, self.kernel_shape):
+            if (geometry, kernel_shape) != (self.geometry, self.kernel_shape):
                 raise ValueError(
-                    f"LipDist on {self.layer_name!r} is already bound to a "
-                    f"kernel {self.kernel_shape} acting as {self.geometry}; "
-                    f"got {tuple(kernel_shape)} acting as {geometry}. Give "
-                    "every layer its own LipDist."
+                    f"LipDist on {self.layer_name!r} is already bound to a kernel "
+                    f"{self.kernel_shape} acting as {self.geometry}; got {kernel_shape} acting "
+                    f"as {geometry}. Give every layer its own LipDist."
                 )
             return
         if self.mode == "orthogonal":
-            orthogonal.check_embeddable(
+            fourier.check_embeddable(
                 geometry, kernel_shape, f"LipDist on {self.layer_name or 'a kernel'!r}"
             )
-        self.geometry = geometry
-        self.kernel_shape = tuple(int(d) for d in kernel_shape)
-        state = dict(trainable=False, aggregation="only_first_replica")
+        self.geometry, self.kernel_shape = geometry, kernel_shape
+        state = dict(trainable=False, aggregation="only_first_replica", initializer="zeros")
         self.initial_kernel = self.add_weight(
-            shape=self.kernel_shape, initializer="zeros", dtype=dtype,
-            name="initial_kernel", **state,
+            shape=kernel_shape, dtype=dtype, name="initial_kernel", **state
         )
-        if self.tracks_directions:
-            directions = min(
-                TRACKED_DIRECTIONS,
-                int(np.prod(geometry.input_shape(self.kernel_shape))),
+        if self.has_lipschitz and self.mode == "radial":
+            self.estimator = lipschitz_estimators.choose(geometry, kernel_shape)
+            self.estimator_state = tuple(
+                self.add_weight(shape=shape, dtype=dtype, name=name, **state)
+                for name, shape in self.estimator.state_shapes().items()
             )
-            self.power_vectors = self.add_weight(
-                shape=(directions, *geometry.input_shape(self.kernel_shape)[1:]),
-                initializer="zeros", dtype=dtype, name="power_vectors", **state,
-            )
-        self.steps = self.add_weight(
-            shape=(), initializer="zeros", dtype="int32", name="steps", **state
-        )
-        self.initialized = self.add_weight(
-            shape=(), initializer="zeros", dtype="int32", name="initialized",
-            **state,
-        )
+        self.steps = self.add_weight(shape=(), dtype="int32", name="steps", **state)
+        self.initialized = self.add_weight(shape=(), dtype="int32", name="initialized", **state)
+
+    @property
+    def power_vectors(self):
+        """The tracked singular directions (where the estimate is tracked)."""
+        if not self.tracks_directions:
+            raise AttributeError("power_vectors: this LipDist tracks no directions.")
+        return self.estimator_state[0]
 
     def initialize(self, kernel_variable):
-        """Rescales the kernel to ``lip`` if above and records it as ``K0``.
-
-        Uses the exact float64 norm; where the estimate is tracked, the
-        converged top singular pairs (SVD, or Lanczos) also start the
-        subspace iteration. Restored state (after loading weights) is kept as
-        it is.
-        """
+        """Rescales the kernel to ``lip`` if above (exact float64 norm) and
+        records it as ``K0``; starts the estimator's state. Restored state
+        (after loading weights) is kept as it is."""
         if self.is_bound:
             return
-        kernel = np.asarray(kernel_variable.numpy())
+        kernel = ops.convert_to_numpy(kernel_variable)
         if self.has_lipschitz:
-            if self.tracks_directions:
-                sigma, vectors = spectral.top_singular(
-                    kernel, self.geometry, k=self.power_vectors.shape[0]
-                )
-                self.power_vectors.assign(vectors.astype(kernel.dtype))
+            if self.estimator is not None:
+                sigma, state = self.estimator.initial_state(kernel)
+                self._store(state)
             else:
-                sigma = spectral.spectral_norm(kernel, self.geometry)
+                sigma = lipschitz_estimators.Estimator(self.geometry, self.kernel_shape).exact(
+                    kernel, ()
+                )[0]
             if sigma > self.lip:
                 kernel = (kernel * (self.lip / sigma)).astype(kernel.dtype)
                 kernel_variable.assign(kernel)
@@ -226,7 +216,9 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
         self.steps.assign(0)
         self.initialized.assign(1)
 
-    # ------------------------------------------------------------- projection
+    def _store(self, state):
+        for variable, value in zip(self.estimator_state, state, strict=True):
+            variable.assign(value)
 
     def _require_bound(self, w):
         where = getattr(w, "path", None) or self.layer_name or "a kernel"
@@ -244,110 +236,77 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
             )
         return where
 
-    def _lipschitz_estimate(self, kernel, block):
-        """``(Lip(K), new block)``: exact in eager calls and for circular
-        convolutions, else tracked.
-
-        Eager calls (``project``, direct calls) use the converged float64
-        values of :mod:`keras_capacity.spectral`; in the train step a
-        ``CircularConv2D`` gets its exact FFT norm. Otherwise subspace
-        iteration starts from the stored top singular directions, the last
-        of them replaced by a random probe (stateless, seeded by the step
-        count, so replicas agree): the probe keeps every direction present,
-        where a symmetric start (say a constant image under a circular
-        convolution) would stay in its invariant subspace forever.
-        """
-        if not self.tracks_directions:
-            if tf.executing_eagerly():
-                sigma = spectral.spectral_norm(kernel.numpy(), self.geometry)
-                return tf.constant(sigma, kernel.dtype), block
-            return circular.spectral_norm(kernel, self.geometry), block
-        if tf.executing_eagerly():
-            sigma, top = spectral.top_singular(
-                kernel.numpy(), self.geometry, k=int(block.shape[0]),
-                v0=np.asarray(block[0]),
-            )
-            return tf.constant(sigma, kernel.dtype), tf.constant(top, block.dtype)
-        probe = tf.random.stateless_normal(
-            tf.shape(block[-1:]),
-            seed=tf.stack([tf.cast(self.steps, tf.int32), 7]),
-            dtype=block.dtype,
-        )
-        weakest = operators.normalized(block[-1:]) + PROBE_WEIGHT * operators.normalized(probe)
-        block = tf.concat([block[:-1], weakest], axis=0)
-        return operators.subspace_iteration(
-            kernel, block, self.geometry, min_steps=2
-        )
-
-    def _projected(self, kernel, block, n_iter):
-        """Returns ``(projected kernel, new singular directions)``; pure."""
-        k0 = tf.convert_to_tensor(self.initial_kernel)
-        if self.dist == 0:
-            return k0, block
-        if self.mode == "orthogonal":
-            return orthogonal.project(
-                kernel, k0, self.lip, self.dist, self.geometry, n_iter
-            ), block
-        both = self.has_lipschitz and self.has_distance
-        for _ in range(n_iter if both else 1):
-            if self.has_distance:
-                kernel = k0 + projections.project_l21_ball(kernel - k0, self.dist)
-            if self.has_lipschitz:
-                sigma, block = self._lipschitz_estimate(kernel, block)
-                kernel = projections.scale_to_lipschitz(kernel, sigma, self.lip)
-        if both:
-            kernel = k0 + projections.shrink_to_l21_ball(kernel - k0, self.dist)
-        return kernel, block
-
     def _checked(self, w):
-        """``w``, after checking that its squared norm is finite: NaN, inf,
-        or values whose products overflow (which would break the norm's
-        Gram matrices) end training with a message naming the kernel."""
+        """``w``, once its squared norm is checked to be finite: NaN, inf, or
+        values whose products overflow (which would break the norm's Gram
+        matrices) end training with a message naming the kernel."""
         where = self._require_bound(w)
-        w = tf.convert_to_tensor(w)
-        check = tf.debugging.assert_all_finite(
-            tf.reduce_sum(tf.square(w)),
+        w = ops.convert_to_tensor(w)
+        return backend.assert_finite(
+            w,
+            ops.sum(ops.square(w)),
             f"LipDist: the kernel {where!r} holds NaN, inf or values too large to square "
             "before projection (diverging training?).",
         )
-        with tf.control_dependencies([check]):
-            return tf.identity(w)
 
-    def project(self, kernel, n_iter=None):
-        """Projects ``kernel`` now with ``n_iter`` rounds (default: the
-        constraint's own) and keeps the tracked singular directions for the next call."""
+    # ------------------------------------------------------------- projection
+
+    def _projected(self, kernel, state, n_iter, lipschitz):
+        """``(projected kernel, estimator state)``; pure."""
+        k0 = ops.convert_to_tensor(self.initial_kernel)
+        if self.dist == 0:
+            return k0, state
+        if self.mode == "orthogonal":
+            return orthogonal.project(kernel, k0, self.lip, self.dist, self.geometry, n_iter), state
+        return radial.project(kernel, k0, self.lip, self.dist, n_iter, lipschitz, state)
+
+    def project(self, kernel, n_iter: int | None = None):
+        """Projects ``kernel`` now, exactly (``Lip(K)`` converged in float64),
+        with ``n_iter`` rounds (default: the constraint's own); keeps the
+        estimator's state for the train step."""
         kernel = self._checked(kernel)
         n_iter = self.n_iter if n_iter is None else _positive_int("n_iter", n_iter)
-        kernel, block = self._projected(kernel, self._block(), n_iter)
-        if self.tracks_directions:
-            self.power_vectors.assign(block)
+
+        def exact(value, state):
+            sigma, state = self.estimator.exact(ops.convert_to_numpy(value), state)
+            return ops.convert_to_tensor(sigma, value.dtype), state
+
+        state = tuple(ops.convert_to_numpy(v) for v in self.estimator_state)
+        kernel, state = self._projected(kernel, state, n_iter, exact)
+        self._store(state)
         return kernel
 
-    def _block(self):
-        """The tracked singular directions, or a placeholder where none are."""
-        return tf.convert_to_tensor(self.power_vectors if self.tracks_directions else 0.0)
-
-    def __call__(self, w):
-        if not tf.inside_function():
-            return self.project(w)
+    def train_step_projection(self, w):
+        """The optimizer's hook inside the compiled train step: counts the
+        step and, on every ``every``-th, projects with the in-graph estimate."""
         self._require_bound(w)
         self.steps.assign_add(1)
-        block = self._block()
+        step = ops.convert_to_tensor(self.steps)
+        state = tuple(ops.convert_to_tensor(v) for v in self.estimator_state)
+
+        def in_graph(value, state):
+            return self.estimator.in_graph(value, state, step)
+
+        def projected():
+            return self._projected(self._checked(w), state, self.n_iter, in_graph)
+
         if self.every == 1:
-            kernel, block = self._projected(self._checked(w), block, self.n_iter)
-        else:
-            # Only the steps that project pay for the finiteness check.
-            due = tf.equal(tf.convert_to_tensor(self.steps) % self.every, 0)
-            kernel, block = tf.cond(
-                due,
-                lambda: self._projected(self._checked(w), block, self.n_iter),
-                lambda: (tf.identity(w), block),
+            kernel, state = projected()
+        else:  # only the steps that project pay for the check and the estimate
+            kernel, state = ops.cond(
+                ops.equal(step % self.every, 0),
+                projected,
+                lambda: (ops.convert_to_tensor(w), state),
             )
-        if self.tracks_directions:
-            # Outside the cond: under MirroredStrategy this assignment is a
-            # synchronization point, which control flow may not contain.
-            self.power_vectors.assign(block)
+        # Outside the cond: under MirroredStrategy this assignment is a
+        # synchronization point, which control flow may not contain.
+        self._store(state)
         return kernel
+
+    def __call__(self, w):
+        if backend.inside_compiled_step():
+            return self.train_step_projection(w)
+        return self.project(w)
 
     # --------------------------------------------------------- serialization
 
@@ -374,9 +333,7 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
         constraint = cls(**config)
         if geometry is not None:
             constraint.create_state(
-                kernel_shape,
-                operators.OperatorGeometry.from_config(geometry),
-                dtype,
+                kernel_shape, operators.OperatorGeometry.from_config(geometry), dtype
             )
         return constraint
 

@@ -38,16 +38,14 @@ class CircularConv2D(keras.layers.Conv2D):
     Args: as ``keras.layers.Conv2D``; ``padding`` can only be ``"circular"``.
     """
 
-    def __init__(self, filters, kernel_size, strides=(1, 1), padding="circular",
-                 **kwargs):
+    def __init__(self, filters, kernel_size, strides=(1, 1), padding="circular", **kwargs):
         if padding != "circular":
             raise ValueError(
                 "CircularConv2D always pads periodically: leave out "
                 f"`padding` (got padding={padding!r}), or use "
                 "keras.layers.Conv2D for zero padding."
             )
-        super().__init__(filters, kernel_size, strides=strides,
-                         padding="valid", **kwargs)
+        super().__init__(filters, kernel_size, strides=strides, padding="valid", **kwargs)
 
     def _spatial_axes(self):
         return (1, 2) if self.data_format == "channels_last" else (2, 3)
@@ -60,7 +58,7 @@ class CircularConv2D(keras.layers.Conv2D):
 
     def compute_output_shape(self, input_shape):
         shape = list(input_shape)
-        for axis, stride in zip(self._spatial_axes(), self.strides):
+        for axis, stride in zip(self._spatial_axes(), self.strides, strict=True):
             if shape[axis] is not None:
                 shape[axis] = -(-shape[axis] // stride)
         channel_axis = 3 if self.data_format == "channels_last" else 1
@@ -73,7 +71,7 @@ class CircularConv2D(keras.layers.Conv2D):
         return config
 
 
-def kernel_from_reference(weight):
+def kernel_from_reference(weight) -> np.ndarray:
     """A PyTorch reference convolution kernel ``(out, in, kh, kw)`` as the
     kernel ``(kh, kw, in, out)`` of a :class:`CircularConv2D` computing the
     same map.
@@ -129,13 +127,14 @@ class SimplexClassifier(keras.layers.Dense):
         lip: an optional Lipschitz bound, ``> 0``; ``None`` or ``inf`` for none.
     """
 
-    def __init__(self, num_classes, lip=None, **kwargs):
+    def __init__(self, num_classes: int, lip: float | None = None, **kwargs):
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(
                 f"SimplexClassifier: num_classes must be an integer >= 2, got {num_classes!r}."
             )
-        lip = constraint_values.check_bound(lip, constraint_values.LIPSCHITZ,
-                                            "SimplexClassifier: `lip`")
+        lip = constraint_values.check_bound(
+            lip, constraint_values.LIPSCHITZ, "SimplexClassifier: `lip`"
+        )
         for fixed in ("units", "use_bias", "trainable"):
             kwargs.pop(fixed, None)
         super().__init__(num_classes, use_bias=False, trainable=False, **kwargs)
@@ -165,10 +164,22 @@ class SimplexClassifier(keras.layers.Dense):
 
     def get_config(self):
         config = super().get_config()
-        for fixed in ("units", "use_bias", "trainable", "kernel_initializer",
-                      "bias_initializer", "kernel_regularizer", "bias_regularizer",
-                      "kernel_constraint", "bias_constraint", "activity_regularizer",
-                      "activation", "lora_rank", "lora_alpha", "quantization_config"):
+        for fixed in (
+            "units",
+            "use_bias",
+            "trainable",
+            "kernel_initializer",
+            "bias_initializer",
+            "kernel_regularizer",
+            "bias_regularizer",
+            "kernel_constraint",
+            "bias_constraint",
+            "activity_regularizer",
+            "activation",
+            "lora_rank",
+            "lora_alpha",
+            "quantization_config",
+        ):
             config.pop(fixed, None)
         config.update(num_classes=self.num_classes, lip=self.lip)
         return config
@@ -187,16 +198,18 @@ class PoolingShortcut(keras.layers.Layer):
     reached by inputs that differ in one pixel.
 
     Args:
-        lip: an optional Lipschitz bound ``> 0`` (``None`` or ``inf``: none); when below ``sqrt(2)`` the
+        lip: an optional Lipschitz bound ``> 0`` (``None`` or ``inf``: none);
+            when below ``sqrt(2)`` the
             output is scaled by ``lip / sqrt(2)`` (the shortcut entry of the
             models' constraint lists, which the reference ignores).
     """
 
-    def __init__(self, lip=None, **kwargs):
+    def __init__(self, lip: float | None = None, **kwargs):
         kwargs.pop("trainable", None)
         super().__init__(trainable=False, **kwargs)
-        self.lip = constraint_values.check_bound(lip, constraint_values.LIPSCHITZ,
-                                                 "PoolingShortcut: `lip`")
+        self.lip = constraint_values.check_bound(
+            lip, constraint_values.LIPSCHITZ, "PoolingShortcut: `lip`"
+        )
 
     @property
     def lipschitz_constant(self):
@@ -256,7 +269,7 @@ class GroupSort(keras.layers.Layer):
 
     lipschitz_constant = 1.0
 
-    def __init__(self, group_size=2, **kwargs):
+    def __init__(self, group_size: int = 2, **kwargs):
         super().__init__(**kwargs)
         if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2:
             raise ValueError(f"GroupSort: group_size must be an integer >= 2, got {group_size!r}.")

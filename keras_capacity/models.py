@@ -37,22 +37,32 @@ class _Builder:
 
     def constraint(self, entry):
         return LipDist(
-            self.lip[entry], self.dist[entry],
-            mode=self.mode, n_iter=self.n_iter, every=self.every,
+            self.lip[entry],
+            self.dist[entry],
+            mode=self.mode,
+            n_iter=self.n_iter,
+            every=self.every,
         )
 
     def conv(self, x, filters, entry, name, kernel_size=3, strides=1):
         """A bias-free circular convolution whose kernel fits the input map."""
         size = tuple(min(kernel_size, d) for d in x.shape[1:3])
         layer = CircularConv2D(
-            filters, size, strides=strides, use_bias=False,
-            kernel_constraint=self.constraint(entry), name=name,
+            filters,
+            size,
+            strides=strides,
+            use_bias=False,
+            kernel_constraint=self.constraint(entry),
+            name=name,
         )
         return layer(x)
 
     def dense(self, x, units, entry, name):
         return keras.layers.Dense(
-            units, use_bias=False, kernel_constraint=self.constraint(entry), name=name,
+            units,
+            use_bias=False,
+            kernel_constraint=self.constraint(entry),
+            name=name,
         )(x)
 
     def simplex_head(self, x, num_classes, name):
@@ -68,8 +78,20 @@ def _check_classes(num_classes):
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}.")
 
 
-def _simple_convnet(depth, num_classes, n_channels, strides, simplex, lip, dist,
-                    mode, n_iter, every, input_shape, name):
+def _simple_convnet(
+    depth,
+    num_classes,
+    n_channels,
+    strides,
+    simplex,
+    lip,
+    dist,
+    mode,
+    n_iter,
+    every,
+    input_shape,
+    name,
+):
     _check_classes(num_classes)
     if tuple(input_shape[:2]) != (32, 32):
         raise ValueError(
@@ -84,7 +106,10 @@ def _simple_convnet(depth, num_classes, n_channels, strides, simplex, lip, dist,
             first = position == 1
             entry = FIRST if block == 1 and first else INNER
             x = build.conv(
-                x, n_channels, entry, f"block{block}_conv{position}",
+                x,
+                n_channels,
+                entry,
+                f"block{block}_conv{position}",
                 strides=2 if strides and first else 1,
             )
             if first and not strides:
@@ -102,9 +127,18 @@ def _simple_convnet(depth, num_classes, n_channels, strides, simplex, lip, dist,
     return keras.Model(inputs, outputs, name=name)
 
 
-def simple_convnet6(num_classes, n_channels=512, strides=True, simplex=False,
-                    lip=(-1, -1, -1, -1), dist=(-1, -1, -1, -1), mode="radial",
-                    n_iter=1, every=1, input_shape=(32, 32, 3)):
+def simple_convnet6(
+    num_classes: int,
+    n_channels: int = 512,
+    strides: bool = True,
+    simplex: bool = False,
+    lip=(-1, -1, -1, -1),
+    dist=(-1, -1, -1, -1),
+    mode: str = "radial",
+    n_iter: int = 1,
+    every: int = 1,
+    input_shape: tuple = (32, 32, 3),
+) -> keras.Model:
     """The paper's 6-layer convnet: five blocks of one 3x3 circular conv.
 
     Each block is a bias-free circular conv with stride 2 (or stride 1 and a
@@ -129,21 +163,54 @@ def simple_convnet6(num_classes, n_channels=512, strides=True, simplex=False,
         mode, n_iter, every: passed to every :class:`LipDist`.
         input_shape: ``(32, 32, channels)``.
     """
-    return _simple_convnet(1, num_classes, n_channels, strides, simplex, lip, dist,
-                           mode, n_iter, every, input_shape, "simple_convnet6")
+    return _simple_convnet(
+        1,
+        num_classes,
+        n_channels,
+        strides,
+        simplex,
+        lip,
+        dist,
+        mode,
+        n_iter,
+        every,
+        input_shape,
+        "simple_convnet6",
+    )
 
 
-def simple_convnet11(num_classes, n_channels=512, strides=True, simplex=False,
-                     lip=(-1, -1, -1, -1), dist=(-1, -1, -1, -1), mode="radial",
-                     n_iter=1, every=1, input_shape=(32, 32, 3)):
+def simple_convnet11(
+    num_classes: int,
+    n_channels: int = 512,
+    strides: bool = True,
+    simplex: bool = False,
+    lip=(-1, -1, -1, -1),
+    dist=(-1, -1, -1, -1),
+    mode: str = "radial",
+    n_iter: int = 1,
+    every: int = 1,
+    input_shape: tuple = (32, 32, 3),
+) -> keras.Model:
     """The paper's 11-layer convnet: as :func:`simple_convnet6` with two
     convs per block (the second with stride 1).
 
     Block 5's convs see 2x2 and 1x1 maps (2x2 and 1x1 kernels). Parameters
     for 10 classes and 512 channels: 16,534,016.
     """
-    return _simple_convnet(2, num_classes, n_channels, strides, simplex, lip, dist,
-                           mode, n_iter, every, input_shape, "simple_convnet11")
+    return _simple_convnet(
+        2,
+        num_classes,
+        n_channels,
+        strides,
+        simplex,
+        lip,
+        dist,
+        mode,
+        n_iter,
+        every,
+        input_shape,
+        "simple_convnet11",
+    )
 
 
 def _preact_block(build, x, planes, downsample, batch_norm, name):
@@ -157,8 +224,7 @@ def _preact_block(build, x, planes, downsample, batch_norm, name):
 
     out = keras.layers.ReLU(name=f"{name}_relu1")(norm(x, "bn1"))
     if downsample:
-        shortcut = PoolingShortcut(lip=build.lip[SHORTCUT],
-                                   name=f"{name}_shortcut")(out)
+        shortcut = PoolingShortcut(lip=build.lip[SHORTCUT], name=f"{name}_shortcut")(out)
         identity = norm(shortcut, "shortcut_bn")
     else:
         identity = x
@@ -170,9 +236,16 @@ def _preact_block(build, x, planes, downsample, batch_norm, name):
     return keras.layers.Add(name=f"{name}_add")([out, identity])
 
 
-def preact_resnet18(num_classes, lip=(-1, -1, -1, -1), dist=(-1, -1, -1, -1),
-                    batch_norm=False, mode="radial", n_iter=1, every=1,
-                    input_shape=(32, 32, 3)):
+def preact_resnet18(
+    num_classes: int,
+    lip=(-1, -1, -1, -1),
+    dist=(-1, -1, -1, -1),
+    batch_norm: bool = False,
+    mode: str = "radial",
+    n_iter: int = 1,
+    every: int = 1,
+    input_shape: tuple = (32, 32, 3),
+) -> keras.Model:
     """The paper's pre-activation ResNet-18 without strides.
 
     A 7x7 circular stem conv (64 channels, stride 1), ReLU and two 3x3/2
@@ -207,8 +280,9 @@ def preact_resnet18(num_classes, lip=(-1, -1, -1, -1), dist=(-1, -1, -1, -1),
     for stage, planes in enumerate((64, 128, 256, 512), start=1):
         for block in (1, 2):
             downsample = stage > 1 and block == 1
-            x = _preact_block(build, x, planes, downsample, batch_norm,
-                              f"stage{stage}_block{block}")
+            x = _preact_block(
+                build, x, planes, downsample, batch_norm, f"stage{stage}_block{block}"
+            )
     x = keras.layers.GlobalAveragePooling2D(name="avgpool")(x)
     if build.dist[CLASSIFIER] == 0:
         outputs = build.simplex_head(x, num_classes, "classifier")

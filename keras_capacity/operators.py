@@ -8,13 +8,16 @@ size ``H x W``, on the padding, the strides and the dilation. An
 ``A^T`` can be applied to single inputs and ``||A||_2`` found by power
 iteration on ``A^T A``.
 
-Everything here is a pure TensorFlow function of tensors, usable eagerly,
-inside ``tf.function`` and under XLA.
+Everything here is a pure function of tensors in ``keras.ops`` (the
+adjoint through :mod:`keras_capacity.backend`), usable eagerly, inside the
+compiled train step and under XLA.
 """
 
 import dataclasses
 
-import tensorflow as tf
+from keras import ops
+
+from keras_capacity import backend
 
 DENSE = "dense"
 CONV2D = "conv2d"
@@ -47,18 +50,14 @@ class OperatorGeometry:
         if self.kind == CONV2D:
             if self.padding not in CONV_PADDINGS:
                 raise ValueError(
-                    f"Unknown padding {self.padding!r}; expected one of "
-                    f"{CONV_PADDINGS}."
+                    f"Unknown padding {self.padding!r}; expected one of {CONV_PADDINGS}."
                 )
             if len(self.input_size) != 2 or min(self.input_size) < 1:
                 raise ValueError(
-                    f"A convolution needs a known input size (H, W); got "
-                    f"{self.input_size}."
+                    f"A convolution needs a known input size (H, W); got {self.input_size}."
                 )
         for name in ("input_size", "strides", "dilation"):
-            object.__setattr__(
-                self, name, tuple(int(v) for v in getattr(self, name))
-            )
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
 
     def input_shape(self, kernel_shape):
         """Shape of one input to ``A`` (batch of one), for this kernel."""
@@ -89,54 +88,46 @@ def circular_pad(x, kernel_size, dilation, spatial_axes=(1, 2)):
     (as ``"same"`` does). Indices wrap modulo the size as often as needed, so
     kernels larger than the input work too.
     """
-    for axis, k, d in zip(spatial_axes, kernel_size, dilation):
+    for axis, k, d in zip(spatial_axes, kernel_size, dilation, strict=True):
         span = d * (k - 1) + 1
-        size = tf.shape(x)[axis]
-        indices = (tf.range(size + span - 1) - (span - 1) // 2) % size
-        x = tf.gather(x, indices, axis=axis)
+        size = x.shape[axis] if x.shape[axis] is not None else ops.shape(x)[axis]
+        indices = (ops.arange(size + span - 1) - (span - 1) // 2) % size
+        x = ops.take(x, indices, axis=axis)
     return x
 
 
 def apply_operator(kernel, x, geometry):
     """``A x``: the layer's linear map (no bias) applied to ``x``."""
     if geometry.kind == DENSE:
-        return tf.matmul(x, kernel)
-    padding = geometry.padding.upper()
+        return ops.matmul(x, kernel)
+    padding = geometry.padding
     if geometry.padding == "circular":
         x = circular_pad(x, kernel.shape[:2], geometry.dilation)
-        padding = "VALID"
-    return tf.nn.convolution(
-        x,
-        kernel,
-        strides=geometry.strides,
-        padding=padding,
-        dilations=geometry.dilation,
+        padding = "valid"
+    return ops.conv(
+        x, kernel, strides=geometry.strides, padding=padding, dilation_rate=geometry.dilation
     )
 
 
 def apply_adjoint(kernel, y, geometry):
     """``A^T y``, the gradient of ``<A x, y>`` with respect to ``x``."""
-    shape = geometry.input_shape(kernel.shape)
-    x = tf.zeros((tf.shape(y)[0], *shape[1:]), dtype=y.dtype)
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        ax = apply_operator(kernel, x, geometry)
-    return tape.gradient(ax, x, output_gradients=y)
+    shape = geometry.input_shape(kernel.shape)[1:]
+    return backend.linear_adjoint(lambda x: apply_operator(kernel, x, geometry), shape, y, y.dtype)
 
 
 def normalized(v):
     """``v / ||v||`` (zero stays zero)."""
-    return v / tf.maximum(tf.norm(v), tf.constant(1e-30, v.dtype))
+    return v / ops.maximum(ops.sqrt(ops.sum(ops.square(v))), 1e-30)
 
 
 def _flat(x):
-    return tf.reshape(x, (tf.shape(x)[0], -1))
+    return ops.reshape(x, (ops.shape(x)[0], -1))
 
 
 def _orthonormal_rows(block):
     """Orthonormalizes the flattened rows of ``block`` (QR)."""
-    q, _ = tf.linalg.qr(tf.transpose(_flat(block)))
-    return tf.reshape(tf.transpose(q), tf.shape(block))
+    q, _ = ops.qr(ops.transpose(_flat(block)))
+    return ops.reshape(ops.transpose(q), ops.shape(block))
 
 
 def _rayleigh_ritz(block, image):
@@ -144,14 +135,12 @@ def _rayleigh_ritz(block, image):
     Ritz vectors of ``A^T A``, largest first; returns the largest Ritz value
     as ``sigma``."""
     flat_image = _flat(image)
-    gram = tf.matmul(flat_image, flat_image, transpose_b=True)
-    values, vectors = tf.linalg.eigh(gram)
-    rotation = tf.reverse(tf.transpose(vectors), axis=[0])
-    b = tf.shape(block)[0]
-    rotated = tf.reshape(tf.matmul(rotation, _flat(block)), tf.shape(block))
-    rotated_image = tf.reshape(tf.matmul(rotation, flat_image), tf.shape(image))
-    sigma = tf.sqrt(tf.maximum(values[b - 1], 0.0))
-    return sigma, tf.reduce_sum(values), rotated, rotated_image
+    values, vectors = ops.eigh(ops.matmul(flat_image, ops.transpose(flat_image)))
+    rotation = ops.flip(ops.transpose(vectors), axis=0)
+    rotated = ops.reshape(ops.matmul(rotation, _flat(block)), ops.shape(block))
+    rotated_image = ops.reshape(ops.matmul(rotation, flat_image), ops.shape(image))
+    sigma = ops.sqrt(ops.maximum(values[-1], 0.0))
+    return sigma, ops.sum(values), rotated, rotated_image
 
 
 def subspace_iteration(kernel, block, geometry, min_steps=1, max_steps=50, rtol=1e-5):
@@ -182,29 +171,27 @@ def subspace_iteration(kernel, block, geometry, min_steps=1, max_steps=50, rtol=
         ``(sigma, block)``: the estimate and the orthonormal Ritz vectors,
         largest first, to start the next call from.
     """
-    block = _orthonormal_rows(tf.cast(block, kernel.dtype))
-    sigma, total, block, image = _rayleigh_ritz(
-        block, apply_operator(kernel, block, geometry)
-    )
-
-    def step(block, image):
-        block = _orthonormal_rows(apply_adjoint(kernel, image, geometry))
-        return _rayleigh_ritz(block, apply_operator(kernel, block, geometry))
+    block = _orthonormal_rows(ops.cast(block, kernel.dtype))
+    sigma, total, block, image = _rayleigh_ritz(block, apply_operator(kernel, block, geometry))
 
     def not_converged(i, sigma, total, previous, block, image):
-        changing = tf.abs(total - previous) > rtol * total
-        return tf.logical_and(
-            i < max_steps, tf.logical_or(i < min_steps, changing)
-        )
+        changing = ops.abs(total - previous) > rtol * total
+        return ops.logical_and(i < max_steps, ops.logical_or(i < min_steps, changing))
 
     def body(i, sigma, total, previous, block, image):
-        sigma, new_total, block, image = step(block, image)
+        block = _orthonormal_rows(apply_adjoint(kernel, image, geometry))
+        sigma, new_total, block, image = _rayleigh_ritz(
+            block, apply_operator(kernel, block, geometry)
+        )
         return i + 1, sigma, new_total, total, block, image
 
-    _, sigma, _, _, block, _ = tf.while_loop(
-        not_converged,
-        body,
-        (tf.constant(0), sigma, total, tf.constant(-1.0, kernel.dtype), block,
-         image),
+    start = (
+        ops.convert_to_tensor(0),
+        sigma,
+        total,
+        ops.convert_to_tensor(-1.0, kernel.dtype),
+        block,
+        image,
     )
+    _, sigma, _, _, block, _ = ops.while_loop(not_converged, body, start)
     return sigma, block

@@ -6,9 +6,16 @@ Kernels are in Keras layouts, Dense ``(in, out)`` and Conv2D
 for every output unit and kernel position, then sums:
 
     ||D||_{2,1} = sum_j g_j,   g_j = ||D[..., :, j]||_2 over the input axis.
+
+Matrices (a Dense kernel, or a batch of per-frequency matrices of a
+circular convolution) are projected onto the spectral ball by clipping
+their singular values (:func:`clip_singular_values`). :func:`dykstra`
+combines projections onto several convex sets.
 """
 
-import tensorflow as tf
+from keras import ops
+
+from keras_capacity import backend
 
 INPUT_AXIS = -2
 
@@ -16,20 +23,20 @@ INPUT_AXIS = -2
 def as_dtype(value, dtype):
     """``value`` (a tensor or a Python number) as a tensor of ``dtype``.
 
-    ``tf.cast`` of a Python float goes through float32 first, which would
-    round a bound by 1e-8 relative in float64 computations.
+    Casting a Python float goes through float32 first, which would round a
+    bound by 1e-8 relative in float64 computations.
     """
-    return tf.cast(value, dtype) if tf.is_tensor(value) else tf.constant(value, dtype)
+    return ops.cast(value, dtype) if ops.is_tensor(value) else ops.convert_to_tensor(value, dtype)
 
 
 def group_norms(delta):
     """The group norms ``g_j`` of ``delta`` (norm over the input axis)."""
-    return tf.norm(delta, axis=INPUT_AXIS, keepdims=True)
+    return ops.sqrt(ops.sum(ops.square(delta), axis=INPUT_AXIS, keepdims=True))
 
 
 def l21_norm(delta):
     """``||delta||_{2,1}``: the sum of the group norms."""
-    return tf.reduce_sum(group_norms(delta))
+    return ops.sum(group_norms(delta))
 
 
 def project_l21_ball(delta, radius):
@@ -44,18 +51,17 @@ def project_l21_ball(delta, radius):
     unchanged; ``radius = 0`` gives zero.
     """
     norms = group_norms(delta)
-    flat = tf.reshape(norms, [-1])
+    flat = ops.reshape(norms, (-1,))
     radius = as_dtype(radius, delta.dtype)
-    ordered = tf.sort(flat, direction="DESCENDING")
-    partial_sums = tf.cumsum(ordered)
-    ranks = tf.range(1, tf.size(ordered) + 1, dtype=delta.dtype)
+    ordered = ops.flip(ops.sort(flat))
+    partial_sums = ops.cumsum(ordered)
+    ranks = ops.arange(1, flat.shape[0] + 1, dtype=delta.dtype)
     thresholds = (partial_sums - radius) / ranks
-    active = tf.cast(ordered > thresholds, tf.int32)
-    rho = tf.maximum(tf.reduce_sum(active), 1)
-    lam = tf.maximum(thresholds[rho - 1], 0.0)
-    scale = tf.maximum(1.0 - lam / tf.maximum(norms, 1e-30), 0.0)
-    inside = tf.reduce_sum(flat) <= radius
-    return tf.where(inside, delta, delta * scale)
+    rho = ops.maximum(ops.sum(ops.cast(ordered > thresholds, "int32")), 1)
+    lam = ops.maximum(ops.take(thresholds, rho - 1), 0.0)
+    scale = ops.maximum(1.0 - lam / ops.maximum(norms, 1e-30), 0.0)
+    inside = ops.sum(flat) <= radius
+    return ops.where(inside, delta, delta * scale)
 
 
 def shrink_to_l21_ball(delta, radius):
@@ -65,13 +71,66 @@ def shrink_to_l21_ball(delta, radius):
     linearly, so this is the point of that segment nearest ``K0 + delta``
     inside the ball.
     """
-    norm = l21_norm(delta)
     radius = as_dtype(radius, delta.dtype)
-    return delta * tf.minimum(1.0, radius / tf.maximum(norm, 1e-30))
+    return delta * ops.minimum(1.0, radius / ops.maximum(l21_norm(delta), 1e-30))
 
 
 def scale_to_lipschitz(kernel, sigma, lip):
     """Radial Lipschitz projection: ``K * min(1, lip / sigma)``."""
     lip = as_dtype(lip, kernel.dtype)
     sigma = as_dtype(sigma, kernel.dtype)
-    return kernel * tf.minimum(1.0, lip / tf.maximum(sigma, 1e-30))
+    return kernel * ops.minimum(1.0, lip / ops.maximum(sigma, 1e-30))
+
+
+def _adjoint(matrices):
+    return ops.conj(ops.swapaxes(matrices, -1, -2))
+
+
+def gram_side(matrices):
+    """``(Gram matrix on the smaller side, whether it is M M^H)``."""
+    rows, cols = matrices.shape[-2], matrices.shape[-1]
+    if rows < cols:
+        return backend.matmul(matrices, _adjoint(matrices)), True
+    return backend.matmul(_adjoint(matrices), matrices), False
+
+
+def singular_value_shrinkage(gram, lip):
+    """``V diag(min(1, lip / s)) V^H`` from the Gram matrices ``M^H M = V
+    diag(s^2) V^H``: ``M`` times it has its singular values clipped at ``lip``."""
+    eigenvalues, vectors = backend.eigh(gram)
+    singular = ops.sqrt(ops.maximum(eigenvalues, 0.0))
+    factor = ops.minimum(1.0, as_dtype(lip, singular.dtype) / ops.maximum(singular, 1e-30))
+    return backend.matmul(
+        vectors * ops.expand_dims(ops.cast(factor, vectors.dtype), -2), _adjoint(vectors)
+    )
+
+
+def clip_singular_values(matrices, lip):
+    """``U min(S, lip) V^H`` for a batch of (real or complex) matrices.
+
+    Computed from the Hermitian eigendecomposition of the smaller Gram
+    matrix (:func:`singular_value_shrinkage`), which is several times faster
+    than an SVD on a CPU.
+    """
+    gram, left = gram_side(matrices)
+    shrink = singular_value_shrinkage(gram, lip)
+    return backend.matmul(shrink, matrices) if left else backend.matmul(matrices, shrink)
+
+
+def largest_singular_value(matrices):
+    """The largest singular value over a batch of matrices."""
+    gram, _ = gram_side(matrices)
+    return ops.sqrt(ops.maximum(ops.max(backend.eigvalsh(gram)), 0.0))
+
+
+def dykstra(point, project_fns, rounds):
+    """Dykstra's alternating projections onto the intersection of convex
+    sets: ``rounds`` passes over ``project_fns`` (the last one's output is
+    returned, so it lies in the last set exactly)."""
+    increments = [ops.zeros_like(point) for _ in project_fns]
+    for _ in range(rounds):
+        for i, project in enumerate(project_fns):
+            shifted = point + increments[i]
+            point = project(shifted)
+            increments[i] = shifted - point
+    return point

@@ -15,8 +15,18 @@ import os
 import numpy as np
 
 SIZE = 32
-CLASSES = ("disc", "square", "triangle", "plus", "ring", "hbars", "vbars",
-           "diagonal", "x", "checker")
+CLASSES = (
+    "disc",
+    "square",
+    "triangle",
+    "plus",
+    "ring",
+    "hbars",
+    "vbars",
+    "diagonal",
+    "x",
+    "checker",
+)
 
 
 def shape_mask(kind, rng):
@@ -27,7 +37,7 @@ def shape_mask(kind, rng):
     box = (np.abs(dy) <= 1) & (np.abs(dx) <= 1)
     width = rng.uniform(0.2, 0.4)
     if kind == "disc":
-        return dy ** 2 + dx ** 2 <= 1
+        return dy**2 + dx**2 <= 1
     if kind == "square":
         return box
     if kind == "triangle":
@@ -35,7 +45,7 @@ def shape_mask(kind, rng):
     if kind == "plus":
         return box & ((np.abs(dx) <= width) | (np.abs(dy) <= width))
     if kind == "ring":
-        r = np.sqrt(dy ** 2 + dx ** 2)
+        r = np.sqrt(dy**2 + dx**2)
         return (r <= 1) & (r >= 1 - 1.5 * width)
     if kind == "hbars":
         return box & (np.floor((dy + 1) * 2.5) % 2 == 0)
@@ -70,9 +80,17 @@ def main():
     rng = np.random.default_rng(20221128)
     x_train, y_train = make(5000, rng)
     x_test, y_test = make(1000, rng)
-    path = os.path.join(os.path.dirname(__file__), "..", "keras_capacity", "training", "datasets", "shapes10.npz")
-    np.savez_compressed(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
-                        class_names=np.array(CLASSES))
+    path = os.path.join(
+        os.path.dirname(__file__), "..", "keras_capacity", "training", "datasets", "shapes10.npz"
+    )
+    np.savez_compressed(
+        path,
+        x_train=x_train,
+        y_train=y_train,
+        x_test=x_test,
+        y_test=y_test,
+        class_names=np.array(CLASSES),
+    )
     print(f"wrote {os.path.normpath(path)}: {os.path.getsize(path) / 1e6:.2f} MB")
 
 

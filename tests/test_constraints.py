@@ -6,15 +6,16 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import operator_matrix, worst_case_gain
 
 import keras_capacity as kc
 from keras_capacity.constraints import DISTANCE_TOLERANCE, LIPSCHITZ_TOLERANCE
-from conftest import operator_matrix, worst_case_gain
 
 
 def conv_model(constraint, **conv_kwargs):
-    conv = keras.layers.Conv2D(4, 3, padding="same", use_bias=False,
-                               kernel_constraint=constraint, **conv_kwargs)
+    conv = keras.layers.Conv2D(
+        4, 3, padding="same", use_bias=False, kernel_constraint=constraint, **conv_kwargs
+    )
     return keras.Sequential([keras.Input((8, 8, 3)), conv]), conv
 
 
@@ -24,26 +25,39 @@ def perturb(layer, scale=0.5, seed=0):
     layer.kernel.assign(kernel + scale * noise.astype(kernel.dtype))
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(lip=0), "lip"), (dict(lip=-1.0), "lip"), (dict(lip=math.nan), "lip"),
-    (dict(dist=-0.5), "dist"), (dict(dist=math.nan), "dist"), (dict(lip="a"), "lip"),
-    (dict(mode="sideways"), "mode"),
-    (dict(n_iter=0), "n_iter"), (dict(every=0), "every"), (dict(every=1.5), "every"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(lip=0), "lip"),
+        (dict(lip=-1.0), "lip"),
+        (dict(lip=math.nan), "lip"),
+        (dict(dist=-0.5), "dist"),
+        (dict(dist=math.nan), "dist"),
+        (dict(lip="a"), "lip"),
+        (dict(mode="sideways"), "mode"),
+        (dict(n_iter=0), "n_iter"),
+        (dict(every=0), "every"),
+        (dict(every=1.5), "every"),
+    ],
+)
 def test_bad_arguments_name_the_argument(kwargs, match):
     with pytest.raises(ValueError, match=match):
         kc.LipDist(**kwargs)
 
 
-@pytest.mark.parametrize("make_layer,shape", [
-    (lambda c: keras.layers.Dense(3, bias_constraint=c), (4,)),
-    (lambda c: keras.layers.Conv1D(3, 3, kernel_constraint=c), (8, 2)),
-    (lambda c: keras.layers.Conv3D(3, 3, kernel_constraint=c), (4, 4, 4, 2)),
-    (lambda c: keras.layers.DepthwiseConv2D(3, depthwise_constraint=c), (6, 6, 2)),
-    (lambda c: keras.layers.Conv2DTranspose(3, 3, kernel_constraint=c), (6, 6, 2)),
-    (lambda c: keras.layers.Embedding(10, 3, embeddings_constraint=c), (4,)),
-    (lambda c: keras.layers.Conv2D(4, 3, groups=2, kernel_constraint=c), (6, 6, 2)),
-], ids=["bias", "conv1d", "conv3d", "depthwise", "transpose", "embedding", "groups"])
+@pytest.mark.parametrize(
+    "make_layer,shape",
+    [
+        (lambda c: keras.layers.Dense(3, bias_constraint=c), (4,)),
+        (lambda c: keras.layers.Conv1D(3, 3, kernel_constraint=c), (8, 2)),
+        (lambda c: keras.layers.Conv3D(3, 3, kernel_constraint=c), (4, 4, 4, 2)),
+        (lambda c: keras.layers.DepthwiseConv2D(3, depthwise_constraint=c), (6, 6, 2)),
+        (lambda c: keras.layers.Conv2DTranspose(3, 3, kernel_constraint=c), (6, 6, 2)),
+        (lambda c: keras.layers.Embedding(10, 3, embeddings_constraint=c), (4,)),
+        (lambda c: keras.layers.Conv2D(4, 3, groups=2, kernel_constraint=c), (6, 6, 2)),
+    ],
+    ids=["bias", "conv1d", "conv3d", "depthwise", "transpose", "embedding", "groups"],
+)
 def test_bind_refuses_unsupported_layers(make_layer, shape):
     layer = make_layer(kc.LipDist(1.0))
     model = keras.Sequential([keras.Input(shape), layer])
@@ -53,8 +67,13 @@ def test_bind_refuses_unsupported_layers(make_layer, shape):
 
 def test_shared_constraint_is_refused():
     shared = kc.LipDist(1.0)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4, kernel_constraint=shared),
-                              keras.layers.Dense(4, kernel_constraint=shared)])
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(4, kernel_constraint=shared),
+            keras.layers.Dense(4, kernel_constraint=shared),
+        ]
+    )
     with pytest.raises(ValueError, match="shared"):
         kc.bind(model)
 
@@ -96,7 +115,9 @@ def test_bind_rescales_to_lip_and_records_k0():
     model, conv = conv_model(kc.LipDist(0.3, 2.0))
     kc.bind(model)
     assert kc.lipschitz(conv) == pytest.approx(0.3, rel=1e-6)
-    np.testing.assert_array_equal(conv.kernel_constraint.initial_kernel.numpy(), conv.kernel.numpy())
+    np.testing.assert_array_equal(
+        conv.kernel_constraint.initial_kernel.numpy(), conv.kernel.numpy()
+    )
     assert kc.distance(conv) == 0.0
     # Binding again keeps the original K0.
     perturb(conv)
@@ -149,14 +170,18 @@ def test_training_keeps_every_layer_within_its_bounds():
         keras.layers.ReLU(),
         kc.CircularConv2D(6, 3, strides=2, kernel_constraint=kc.LipDist(0.8, 2.0)),
         keras.layers.ReLU(),
-        keras.layers.Conv2D(6, 3, padding="valid", dilation_rate=2, kernel_constraint=kc.LipDist(0.9)),
+        keras.layers.Conv2D(
+            6, 3, padding="valid", dilation_rate=2, kernel_constraint=kc.LipDist(0.9)
+        ),
         keras.layers.Flatten(),
         keras.layers.Dense(3, kernel_constraint=kc.LipDist(0.6, 1.0)),
     ]
     model = keras.Sequential([keras.Input((10, 10, 3)), *layers])
     kc.bind(model)
-    model.compile(keras.optimizers.SGD(0.1, momentum=0.9),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        keras.optimizers.SGD(0.1, momentum=0.9),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     x = np.random.randn(96, 10, 10, 3).astype("float32")
     y = np.random.randint(0, 3, 96)
     for _ in range(3):
@@ -210,7 +235,9 @@ def test_config_round_trips_unbound_and_bound():
     constraint = kc.LipDist(0.5, 3.0, n_iter=2, every=15)
     clone = kc.LipDist.from_config(constraint.get_config())
     assert clone.get_config() == constraint.get_config()
-    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(constraint))
+    restored = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(constraint)
+    )
     assert isinstance(restored, kc.LipDist) and restored.get_config() == constraint.get_config()
     assert kc.LipDist.from_config(kc.LipDist().get_config()).lip == math.inf
 
@@ -228,7 +255,9 @@ def test_constraint_compiles_under_xla():
     model, conv = conv_model(kc.LipDist(0.5, 1.0, every=2))
     kc.bind(model)
     model.compile(keras.optimizers.SGD(0.5), "mse", jit_compile=True)
-    model.fit(np.random.randn(8, 8, 8, 3), 10 * np.random.randn(8, 8, 8, 4), batch_size=4, verbose=0)
+    model.fit(
+        np.random.randn(8, 8, 8, 3), 10 * np.random.randn(8, 8, 8, 4), batch_size=4, verbose=0
+    )
     assert int(conv.kernel_constraint.steps.numpy()) == 2
     assert kc.lipschitz(conv) <= 0.5 * (1 + LIPSCHITZ_TOLERANCE)
     assert kc.distance(conv) <= 1.0 * (1 + DISTANCE_TOLERANCE)
@@ -244,7 +273,7 @@ def test_circular_conv_is_certified_in_the_train_step_even_under_extreme_steps()
     assert not conv.kernel_constraint.tracks_directions
     assert not hasattr(conv.kernel_constraint, "power_vectors")
     model.compile(keras.optimizers.SGD(0.01), "mse")
-    # With these steps the tracked estimate (circular.EXACT_COST_LIMIT = -1)
+    # With these steps the tracked estimate (fourier.EXACT_COST_LIMIT = -1)
     # lets the constant exceed 0.5 by 1.4e-3.
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((4, 8, 8, 3)), 10 * rng.standard_normal((4, 4, 4, 4))
@@ -254,10 +283,14 @@ def test_circular_conv_is_certified_in_the_train_step_even_under_extreme_steps()
 
 
 def test_exact_circular_norm_compiles_under_xla():
-    conv = kc.CircularConv2D(4, 3, strides=2, use_bias=False, kernel_constraint=kc.LipDist(0.5, 1.0))
+    conv = kc.CircularConv2D(
+        4, 3, strides=2, use_bias=False, kernel_constraint=kc.LipDist(0.5, 1.0)
+    )
     model = keras.Sequential([keras.Input((8, 8, 3)), conv])
     kc.bind(model)
     model.compile(keras.optimizers.SGD(0.5), "mse", jit_compile=True)
-    model.fit(np.random.randn(8, 8, 8, 3), 10 * np.random.randn(8, 4, 4, 4), batch_size=4, verbose=0)
+    model.fit(
+        np.random.randn(8, 8, 8, 3), 10 * np.random.randn(8, 4, 4, 4), batch_size=4, verbose=0
+    )
     assert kc.lipschitz(conv) <= 0.5 * (1 + 1e-5)
     assert kc.distance(conv) <= 1.0 * (1 + DISTANCE_TOLERANCE)

@@ -23,7 +23,7 @@ def documented_commands():
         for line in block.splitlines():
             line = line.split("#")[0].strip()
             if line.startswith("python train_main.py") and "--help" not in line:
-                commands.append(line[len("python "):])
+                commands.append(line[len("python ") :])
     return commands
 
 
@@ -37,5 +37,6 @@ def test_documented_commands_do_not_refuse_each_other(monkeypatch):
         config = run_flags.config_from_flags(values)
         run_dir = run_flags.run_directory(config, values)
         assert runs.setdefault(run_dir, config) == config, (
-            f"{command!r} would be refused: {run_dir} holds another documented run")
+            f"{command!r} would be refused: {run_dir} holds another documented run"
+        )
     assert len(runs) >= 3

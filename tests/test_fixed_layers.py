@@ -33,7 +33,7 @@ def numpy_pooling_shortcut(x):
     shifted = np.zeros_like(even)
     for i in range(h // 2):
         for j in range(w // 2):
-            even[:, i, j] = x[:, 2 * i:2 * i + 2, 2 * j:2 * j + 2].max(axis=(1, 2))
+            even[:, i, j] = x[:, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2].max(axis=(1, 2))
             rows = slice(max(2 * i - 1, 0), 2 * i + 1)
             cols = slice(max(2 * j - 1, 0), 2 * j + 1)
             shifted[:, i, j] = x[:, rows, cols].max(axis=(1, 2))

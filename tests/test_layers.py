@@ -77,7 +77,7 @@ def reference_conv(x, weight, stride=1):
     out = np.zeros((x.shape[0], weight.shape[0], out_h, out_w))
     for i in range(out_h):
         for j in range(out_w):
-            patch = padded[:, :, i * stride:i * stride + kh, j * stride:j * stride + kw]
+            patch = padded[:, :, i * stride : i * stride + kh, j * stride : j * stride + kw]
             out[:, :, i, j] = np.einsum("ncab,ocab->no", patch, weight)
     return out
 
@@ -91,12 +91,14 @@ def test_reference_kernels_convert_to_the_same_map(kernel_size, size, stride):
     layer = kc.CircularConv2D(5, kernel_size, strides=stride, use_bias=False)
     layer.build((None, size, size, 4))
     layer.kernel.assign(kc.layers.kernel_from_reference(weight).astype(np.float32))
-    ours = np.transpose(np.asarray(layer(np.transpose(x, (0, 2, 3, 1)).astype(np.float32))),
-                        (0, 3, 1, 2))
+    ours = np.transpose(
+        np.asarray(layer(np.transpose(x, (0, 2, 3, 1)).astype(np.float32))), (0, 3, 1, 2)
+    )
     np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-4)
     if kernel_size == 2 and stride == 1:
         # Loaded without the roll, the outputs move by about their own size.
         layer.kernel.assign(np.transpose(weight, (2, 3, 1, 0)).astype(np.float32))
-        unconverted = np.transpose(np.asarray(layer(np.transpose(x, (0, 2, 3, 1)).astype(
-            np.float32))), (0, 3, 1, 2))
+        unconverted = np.transpose(
+            np.asarray(layer(np.transpose(x, (0, 2, 3, 1)).astype(np.float32))), (0, 3, 1, 2)
+        )
         assert np.linalg.norm(unconverted - expected) > 0.5 * np.linalg.norm(expected)

@@ -32,8 +32,9 @@ def test_circular_pad_matches_numpy_wrap(size, kernel_size, dilation):
     x = np.arange(size * size, dtype=np.float32).reshape(1, size, size, 1)
     span = dilation * (kernel_size - 1) + 1
     before = (span - 1) // 2
-    expected = np.pad(x, ((0, 0), (before, span - 1 - before),
-                          (before, span - 1 - before), (0, 0)), mode="wrap")
+    expected = np.pad(
+        x, ((0, 0), (before, span - 1 - before), (before, span - 1 - before), (0, 0)), mode="wrap"
+    )
     padded = operators.circular_pad(x, (kernel_size,) * 2, (dilation,) * 2)
     np.testing.assert_array_equal(padded.numpy(), expected)
 

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import keras_capacity as kc
-from keras_capacity import circular, constraints, operators, orthogonal
+from keras_capacity import constraints, fourier, operators
 from tests.conftest import operator_matrix
 
 LIP_TOL, DIST_TOL = constraints.LIPSCHITZ_TOLERANCE, constraints.DISTANCE_TOLERANCE
@@ -27,7 +27,9 @@ def numpy_clip(matrices, lip):
 
 
 def test_dense_lipschitz_only_is_svd_clipping():
-    layer = bound_layer(keras.layers.Dense(6, kernel_constraint=kc.LipDist(0.5, mode="orthogonal")), (9,))
+    layer = bound_layer(
+        keras.layers.Dense(6, kernel_constraint=kc.LipDist(0.5, mode="orthogonal")), (9,)
+    )
     kernel = 2 * np.random.randn(9, 6)
     projected = layer.kernel_constraint(kernel.astype(np.float32)).numpy()
     np.testing.assert_allclose(projected, numpy_clip(kernel, 0.5), atol=2e-6)
@@ -52,8 +54,12 @@ def numpy_l21_ball(delta, radius):
 def test_dense_both_constraints_satisfy_the_variational_inequality():
     rng = np.random.default_rng(0)
     lip, dist = 0.8, 1.5
-    layer = bound_layer(keras.layers.Dense(
-        5, kernel_constraint=kc.LipDist(lip, dist, mode="orthogonal", n_iter=400)), (7,))
+    layer = bound_layer(
+        keras.layers.Dense(
+            5, kernel_constraint=kc.LipDist(lip, dist, mode="orthogonal", n_iter=400)
+        ),
+        (7,),
+    )
     k0 = layer.kernel_constraint.initial_kernel.numpy().astype(np.float64)
     kernel = k0 + rng.standard_normal(k0.shape)
     p = layer.kernel_constraint(kernel.astype(np.float32)).numpy().astype(np.float64)
@@ -75,8 +81,10 @@ def embed(kernel, size):
     grid = np.zeros((*size, *kernel.shape[2:]))
     for a in range(kernel.shape[0]):
         for b in range(kernel.shape[1]):
-            grid[(a - (kernel.shape[0] - 1) // 2) % size[0],
-                 (b - (kernel.shape[1] - 1) // 2) % size[1]] += kernel[a, b]
+            grid[
+                (a - (kernel.shape[0] - 1) // 2) % size[0],
+                (b - (kernel.shape[1] - 1) // 2) % size[1],
+            ] += kernel[a, b]
     return grid
 
 
@@ -111,8 +119,10 @@ def test_circular_lipschitz_only_matches_converged_dykstra():
     """Dykstra's tail is slow here: after 2,000 rounds (and the feasibility
     step) the kernel is within 1% of the float64 limit of 8,000 rounds."""
     lip = 0.7
-    layer = bound_layer(kc.CircularConv2D(
-        3, 3, kernel_constraint=kc.LipDist(lip, mode="orthogonal", n_iter=2000)), (6, 6, 2))
+    layer = bound_layer(
+        kc.CircularConv2D(3, 3, kernel_constraint=kc.LipDist(lip, mode="orthogonal", n_iter=2000)),
+        (6, 6, 2),
+    )
     kernel = np.random.randn(3, 3, 2, 3)
     ours = layer.kernel_constraint(kernel.astype(np.float32)).numpy()
     reference = numpy_dykstra_circular(kernel, lip, rounds=8000)
@@ -124,9 +134,15 @@ def test_circular_lipschitz_only_matches_converged_dykstra():
 
 @pytest.mark.parametrize("strides", [1, 2])
 def test_circular_both_constraints_hold_on_the_dense_operator(strides):
-    layer = bound_layer(kc.CircularConv2D(
-        4, 3, strides=strides, kernel_constraint=kc.LipDist(0.6, 1.0, mode="orthogonal", n_iter=5)),
-        (8, 8, 3))
+    layer = bound_layer(
+        kc.CircularConv2D(
+            4,
+            3,
+            strides=strides,
+            kernel_constraint=kc.LipDist(0.6, 1.0, mode="orthogonal", n_iter=5),
+        ),
+        (8, 8, 3),
+    )
     k0 = layer.kernel_constraint.initial_kernel.numpy()
     layer.kernel.assign(k0 + 0.3 * np.random.randn(*k0.shape).astype(np.float32))
     kc.project(keras.Sequential([layer]))
@@ -134,8 +150,9 @@ def test_circular_both_constraints_hold_on_the_dense_operator(strides):
     assert kc.distance(layer) <= 1.0 * (1 + DIST_TOL)
 
 
-@pytest.mark.parametrize("size,strides", [((6, 6), (1, 1)), ((6, 6), (2, 2)), ((4, 6), (2, 3)),
-                                          ((6, 4), (1, 2))])
+@pytest.mark.parametrize(
+    "size,strides", [((6, 6), (1, 1)), ((6, 6), (2, 2)), ((4, 6), (2, 3)), ((6, 4), (1, 2))]
+)
 def test_spectral_ball_is_the_dense_svd_clipping(size, strides):
     """A kernel filling its whole input grid: the (strided) convolutions
     form a subspace of matrices on which A(k) is a scaled isometry, and
@@ -146,48 +163,67 @@ def test_spectral_ball_is_the_dense_svd_clipping(size, strides):
     dense = operator_matrix(layer, (*size, 3))
     lip = 0.6 * np.linalg.norm(dense, 2)
     geometry = operators.OperatorGeometry("conv2d", size, strides, padding="circular")
-    embedding = orthogonal.CircularEmbedding(geometry, layer.kernel.shape)
+    embedding = fourier.CircularEmbedding(geometry, layer.kernel.shape)
     kernel = tf.constant(layer.kernel.numpy().astype(np.float64))
     projected = embedding.restrict(embedding.project_spectral_ball(embedding.embed(kernel), lip))
     layer.kernel.assign(projected.numpy().astype(np.float32))
-    np.testing.assert_allclose(operator_matrix(layer, (*size, 3)), numpy_clip(dense, lip),
-                               atol=1e-5 * lip)
+    np.testing.assert_allclose(
+        operator_matrix(layer, (*size, 3)), numpy_clip(dense, lip), atol=1e-5 * lip
+    )
 
 
-@pytest.mark.parametrize("size,k,channels_in,channels_out,strides", [
-    ((8, 8), 3, 4, 3, (1, 1)), ((7, 9), 3, 4, 4, (1, 1)), ((8, 8), 3, 4, 3, (2, 2)),
-    ((8, 6), 3, 2, 5, (2, 3)), ((4, 4), 3, 5, 5, (2, 2)), ((2, 2), 2, 4, 4, (2, 2)),
-    ((6, 6), 3, 2, 5, (1, 1)),  # more outputs than inputs: through the grid
-])
+@pytest.mark.parametrize(
+    "size,k,channels_in,channels_out,strides",
+    [
+        ((8, 8), 3, 4, 3, (1, 1)),
+        ((7, 9), 3, 4, 4, (1, 1)),
+        ((8, 8), 3, 4, 3, (2, 2)),
+        ((8, 6), 3, 2, 5, (2, 3)),
+        ((4, 4), 3, 5, 5, (2, 2)),
+        ((2, 2), 2, 4, 4, (2, 2)),
+        ((6, 6), 3, 2, 5, (1, 1)),  # more outputs than inputs: through the grid
+    ],
+)
 def test_one_round_on_the_taps_equals_the_grid_path(size, k, channels_in, channels_out, strides):
     """The autocorrelation and lattice pairs give the same kernel as the FFT
     of the embedded kernel, clipping and the inverse FFT."""
     geometry = operators.OperatorGeometry("conv2d", size, strides, padding="circular")
-    kernel = tf.constant(np.random.default_rng(0).standard_normal((k, k, channels_in, channels_out)))
-    embedding = orthogonal.CircularEmbedding(geometry, kernel.shape)
-    lip = 0.5 * float(circular.spectral_norm(kernel, geometry))
+    kernel = tf.constant(
+        np.random.default_rng(0).standard_normal((k, k, channels_in, channels_out))
+    )
+    embedding = fourier.CircularEmbedding(geometry, kernel.shape)
+    lip = 0.5 * float(fourier.spectral_norm(kernel, geometry))
     on_grid = embedding.restrict(embedding.project_spectral_ball(embedding.embed(kernel), lip))
     np.testing.assert_allclose(embedding.project_kernel(kernel, lip), on_grid, atol=1e-12)
 
 
 def test_refused_where_it_does_not_apply():
     with pytest.raises(ValueError, match="mode='radial', or keras_capacity.CircularConv2D"):
-        bound_layer(keras.layers.Conv2D(4, 3, padding="same",
-                                        kernel_constraint=kc.LipDist(1.0, mode="orthogonal")),
-                    (8, 8, 3))
+        bound_layer(
+            keras.layers.Conv2D(
+                4, 3, padding="same", kernel_constraint=kc.LipDist(1.0, mode="orthogonal")
+            ),
+            (8, 8, 3),
+        )
     with pytest.raises(ValueError, match="wraps onto itself"):
-        bound_layer(kc.CircularConv2D(4, 3, kernel_constraint=kc.LipDist(1.0, mode="orthogonal")),
-                    (2, 2, 3))
+        bound_layer(
+            kc.CircularConv2D(4, 3, kernel_constraint=kc.LipDist(1.0, mode="orthogonal")), (2, 2, 3)
+        )
 
 
 def test_train_step_every_and_mirrored_strategy(two_cpu_strategy):
     strategy = two_cpu_strategy
     with strategy.scope():
-        conv = kc.CircularConv2D(4, 3, use_bias=False, kernel_constraint=kc.LipDist(
-            0.8, 2.0, mode="orthogonal", n_iter=2, every=3))
+        conv = kc.CircularConv2D(
+            4,
+            3,
+            use_bias=False,
+            kernel_constraint=kc.LipDist(0.8, 2.0, mode="orthogonal", n_iter=2, every=3),
+        )
         dense = keras.layers.Dense(3, kernel_constraint=kc.LipDist(0.7, 1.0, mode="orthogonal"))
-        model = keras.Sequential([keras.Input((6, 6, 2)), conv, keras.layers.ReLU(),
-                                  keras.layers.Flatten(), dense])
+        model = keras.Sequential(
+            [keras.Input((6, 6, 2)), conv, keras.layers.ReLU(), keras.layers.Flatten(), dense]
+        )
         kc.bind(model)
         model.compile(keras.optimizers.SGD(0.5), "mse")
     x = np.random.randn(32, 6, 6, 2).astype(np.float32)

@@ -15,13 +15,17 @@ from keras_capacity.constraints import DISTANCE_TOLERANCE, LIPSCHITZ_TOLERANCE
 
 
 def build(strategy=None):
-    return keras.Sequential([
-        keras.Input((8, 8, 3)),
-        keras.layers.Conv2D(4, 3, padding="same", kernel_constraint=kc.LipDist(0.5, 1.0, every=2)),
-        kc.CircularConv2D(4, 3, strides=2, kernel_constraint=kc.LipDist(0.7, 1.0)),
-        keras.layers.Flatten(),
-        keras.layers.Dense(3, kernel_constraint=kc.LipDist(0.6, 0.5)),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            keras.layers.Conv2D(
+                4, 3, padding="same", kernel_constraint=kc.LipDist(0.5, 1.0, every=2)
+            ),
+            kc.CircularConv2D(4, 3, strides=2, kernel_constraint=kc.LipDist(0.7, 1.0)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(3, kernel_constraint=kc.LipDist(0.6, 0.5)),
+        ]
+    )
 
 
 def data(n=32):
@@ -30,19 +34,29 @@ def data(n=32):
 
 
 def compile_(model):
-    model.compile(keras.optimizers.SGD(0.2, momentum=0.9),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        keras.optimizers.SGD(0.2, momentum=0.9),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
 
 
 def initial_kernels(model):
-    return [l.kernel_constraint.initial_kernel.numpy() for l in model.layers
-            if isinstance(getattr(l, "kernel_constraint", None), kc.LipDist)]
+    return [
+        layer.kernel_constraint.initial_kernel.numpy()
+        for layer in model.layers
+        if isinstance(getattr(layer, "kernel_constraint", None), kc.LipDist)
+    ]
 
 
 def run_python(code):
     env = dict(os.environ, PYTHONPATH=os.getcwd())
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)],
-                            capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
@@ -86,7 +100,7 @@ def test_set_weights_into_a_clone_then_bind_keeps_k0():
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
     kc.bind(clone)
-    for a, b in zip(initial_kernels(model), initial_kernels(clone)):
+    for a, b in zip(initial_kernels(model), initial_kernels(clone), strict=False):
         np.testing.assert_array_equal(a, b)
 
 
@@ -107,8 +121,13 @@ def test_backup_and_restore_resumes_with_the_original_k0(tmp_path):
     k0 = initial_kernels(first)
     compile_(first)
     with pytest.raises(RuntimeError, match="interrupted"):
-        first.fit(*data(), batch_size=8, epochs=4, verbose=0,
-                  callbacks=[keras.callbacks.BackupAndRestore(backup), StopAtEpoch(2)])
+        first.fit(
+            *data(),
+            batch_size=8,
+            epochs=4,
+            verbose=0,
+            callbacks=[keras.callbacks.BackupAndRestore(backup), StopAtEpoch(2)],
+        )
     steps_done = int(first.layers[0].kernel_constraint.steps.numpy())
 
     keras.utils.set_random_seed(99)  # a different initialization
@@ -116,10 +135,15 @@ def test_backup_and_restore_resumes_with_the_original_k0(tmp_path):
     kc.bind(second)
     assert not np.array_equal(initial_kernels(second)[0], k0[0])
     compile_(second)
-    history = second.fit(*data(), batch_size=8, epochs=4, verbose=0,
-                         callbacks=[keras.callbacks.BackupAndRestore(backup)])
+    history = second.fit(
+        *data(),
+        batch_size=8,
+        epochs=4,
+        verbose=0,
+        callbacks=[keras.callbacks.BackupAndRestore(backup)],
+    )
     assert len(history.history["loss"]) == 2  # resumed at epoch 2 of 4
-    for a, b in zip(initial_kernels(second), k0):
+    for a, b in zip(initial_kernels(second), k0, strict=False):
         np.testing.assert_array_equal(a, b)
     assert int(second.layers[0].kernel_constraint.steps.numpy()) == steps_done + 8
 
@@ -132,9 +156,9 @@ def test_mirrored_strategy_keeps_replicas_identical_and_feasible(two_cpu_strateg
         model = build()
         kc.bind(model)
         compile_(model)
-    before = [l.kernel.numpy() for l in model.layers if hasattr(l, "kernel")]
+    before = [layer.kernel.numpy() for layer in model.layers if hasattr(layer, "kernel")]
     model.fit(*data(64), batch_size=16, epochs=2, verbose=0)  # 8 steps
-    for layer, old in zip([l for l in model.layers if hasattr(l, "kernel")], before):
+    for layer, old in zip([x for x in model.layers if hasattr(x, "kernel")], before, strict=True):
         replicas = [v.numpy() for v in layer.kernel.value.values]
         assert len(replicas) == 2
         np.testing.assert_array_equal(replicas[0], replicas[1])

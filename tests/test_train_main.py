@@ -19,9 +19,18 @@ import pytest
 import keras_capacity as kc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = ["--dataset=shapes10", "--arch=simple_convnet6", "--n_channels=8",
-         "--limit_to=256", "--bs=64", "--epochs=2", "--lr=0.05",
-         "--lip=2,1.5,-1,2", "--dist=4,4,-1,2", "--proj_freq=1"]
+SMALL = [
+    "--dataset=shapes10",
+    "--arch=simple_convnet6",
+    "--n_channels=8",
+    "--limit_to=256",
+    "--bs=64",
+    "--epochs=2",
+    "--lr=0.05",
+    "--lip=2,1.5,-1,2",
+    "--dist=4,4,-1,2",
+    "--proj_freq=1",
+]
 # What TensorFlow writes to standard error when it starts, unless silenced.
 STARTUP_NOISE = ("cudart_stub", "oneDNN custom operations", "absl::InitializeLog", "cuInit")
 
@@ -36,8 +45,12 @@ def environment(**extra):
 
 def run(args, env=None, timeout=300, program=("train_main.py",)):
     return subprocess.run(
-        [sys.executable, *program, *args], cwd=ROOT, env=env or environment(),
-        capture_output=True, text=True, timeout=timeout,
+        [sys.executable, *program, *args],
+        cwd=ROOT,
+        env=env or environment(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -47,8 +60,7 @@ def report(*args):
 
 def k0_of(path):
     model = keras.models.load_model(path, compile=False)
-    return {c.layer_name: c.initial_kernel.numpy()
-            for _, c in kc.binding.constrained_layers(model)}
+    return {c.layer_name: c.initial_kernel.numpy() for _, c in kc.binding.constrained_layers(model)}
 
 
 @pytest.fixture(scope="module")
@@ -70,13 +82,19 @@ def test_flag_file_run_end_to_end(finished_run):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["all_constraints_hold"] and summary["epochs"] == 2
     layers = {row["name"]: row for row in summary["layers"]}
-    assert (layers["block1_conv1"]["lip_constraint"], layers["block1_conv1"]["dist_constraint"]) \
-        == (2.0, 4.0)
+    assert (
+        layers["block1_conv1"]["lip_constraint"],
+        layers["block1_conv1"]["dist_constraint"],
+    ) == (2.0, 4.0)
     # Progress, phase by phase, and the constraint line of every epoch on its own line.
     lines = result.stdout.splitlines()
     assert any(line.startswith("epoch 2: ") and "constraints: 6/6 hold" in line for line in lines)
-    for phase in ("final projection (15 rounds) ...", "evaluating on the training and test data",
-                  "writing the capacity report ...", "every constraint holds: yes"):
+    for phase in (
+        "final projection (15 rounds) ...",
+        "evaluating on the training and test data",
+        "writing the capacity report ...",
+        "every constraint holds: yes",
+    ):
         assert phase in result.stdout
     assert not any(noise in result.stderr for noise in STARTUP_NOISE), result.stderr[:2000]
     # The final model keeps the original K0, and its measured values are the summary's.
@@ -85,8 +103,11 @@ def test_flag_file_run_end_to_end(finished_run):
         np.testing.assert_array_equal(initial[name], final[name])
     model = keras.models.load_model(run_dir / "model_final.keras", compile=False)
     assert kc.lipschitz(model.get_layer("block2_conv1")) == pytest.approx(
-        layers["block2_conv1"]["lipschitz"], rel=1e-6)
-    assert {"layers", "gaps", "margins", "hparams", "train"} <= set(os.listdir(run_dir / "tensorboard"))
+        layers["block2_conv1"]["lipschitz"], rel=1e-6
+    )
+    assert {"layers", "gaps", "margins", "hparams", "train"} <= set(
+        os.listdir(run_dir / "tensorboard")
+    )
     # Run again from its own flag file: a finished run, not trained again.
     again = run([f"--flagfile={run_dir / 'flags.txt'}", f"--logdir={run_dir}"])
     assert again.returncode == 0 and "is a finished run" in again.stdout
@@ -97,6 +118,7 @@ def test_report_command(finished_run, tmp_path):
     report_json = json.loads((run_dir / "report.json").read_text())
     assert report_json["layers"] == json.loads((run_dir / "summary.json").read_text())["layers"]
     import tensorflow as tf
+
     for figure in ("constraints.png", "bounds.png", "margins.png"):
         image = tf.io.decode_png(tf.io.read_file(str(run_dir / figure)))
         assert image.shape[0] > 100 and image.shape[1] > 100
@@ -120,6 +142,7 @@ def test_report_command(finished_run, tmp_path):
 
 def damaged_copies(run_dir, tmp_path):
     """``(name, damage, expected message)`` for the report's inputs."""
+
     def truncate(path):
         path.write_bytes(path.read_bytes()[:200])
 
@@ -132,7 +155,11 @@ def damaged_copies(run_dir, tmp_path):
         ("summary.json", truncate, "summary.json is damaged"),
         ("summary.json", drop_keys, "summary.json lacks \\['layers'\\]"),
         ("model_final.keras", truncate, "model_final.keras is damaged"),
-        ("model_final.keras", lambda p: p.write_bytes(b"garbage" * 100), "model_final.keras is damaged"),
+        (
+            "model_final.keras",
+            lambda p: p.write_bytes(b"garbage" * 100),
+            "model_final.keras is damaged",
+        ),
         ("model_final.keras", os.remove, "model_final.keras is missing"),
     ]
 
@@ -152,7 +179,9 @@ def test_report_on_damaged_runs_is_one_line(finished_run, tmp_path):
         errors = [line for line in result.stderr.splitlines() if line.strip()]
         assert len(errors) == 1 and errors[0].startswith("error: "), result.stderr[-2000:]
         assert re.search(message, errors[0]), errors[0]
-        assert {p: os.path.getmtime(copy / p) for p in os.listdir(copy)} == before  # nothing written
+        assert {
+            p: os.path.getmtime(copy / p) for p in os.listdir(copy)
+        } == before  # nothing written
 
 
 def test_summary_damage_ends_the_training_command_in_one_line(finished_run, tmp_path):
@@ -164,19 +193,25 @@ def test_summary_damage_ends_the_training_command_in_one_line(finished_run, tmp_
     assert result.stderr.strip().count("\n") == 0 and "summary.json is damaged" in result.stderr
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--lip=0,1.5,-1,2"], "error: --lip entry 1 (first) must be > 0"),
-    (["--seed=-1"], "error: --seed must be >= 0"),
-    (["--n_channels=0"], "error: --n_channels must be >= 1"),
-    (["--lr=nan"], "error: --lr must be a finite number"),
-    (["--milestones=-5,-3"], "error: --milestones must be increasing epochs >= 1"),
-    (["--momentum=1.5"], "error: --momentum"),
-    (["--dataset=mnist"], "--dataset"),
-    (["--optimizer=rmsprop"], "--optimizer"),
-    (["--strategy=mirrored", "--cpu_devices=2", "--bs=63"], "error: --bs=63 is not divisible by the 2"),
-    (["--strategy=multi_worker"], "error: --strategy=multi_worker needs TF_CONFIG"),
-    (["--flagfile=/nonexistent/missing.flags"], "missing.flags"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--lip=0,1.5,-1,2"], "error: --lip entry 1 (first) must be > 0"),
+        (["--seed=-1"], "error: --seed must be >= 0"),
+        (["--n_channels=0"], "error: --n_channels must be >= 1"),
+        (["--lr=nan"], "error: --lr must be a finite number"),
+        (["--milestones=-5,-3"], "error: --milestones must be increasing epochs >= 1"),
+        (["--momentum=1.5"], "error: --momentum"),
+        (["--dataset=mnist"], "--dataset"),
+        (["--optimizer=rmsprop"], "--optimizer"),
+        (
+            ["--strategy=mirrored", "--cpu_devices=2", "--bs=63"],
+            "error: --bs=63 is not divisible by the 2",
+        ),
+        (["--strategy=multi_worker"], "error: --strategy=multi_worker needs TF_CONFIG"),
+        (["--flagfile=/nonexistent/missing.flags"], "missing.flags"),
+    ],
+)
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
     run_dir = tmp_path / "never"
     result = run(SMALL + args + [f"--logdir={run_dir}"], timeout=120)
@@ -188,8 +223,11 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
 
 def test_missing_cifar_is_one_line_within_seconds(tmp_path):
     started = time.monotonic()
-    result = run(SMALL + ["--dataset=cifar10", f"--data_dir={tmp_path / 'tfds'}",
-                          f"--logdir={tmp_path / 'run'}"], timeout=120)
+    result = run(
+        SMALL
+        + ["--dataset=cifar10", f"--data_dir={tmp_path / 'tfds'}", f"--logdir={tmp_path / 'run'}"],
+        timeout=120,
+    )
     assert time.monotonic() - started < 30
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.strip()]
@@ -202,7 +240,11 @@ def test_in_a_terminal_the_constraint_line_has_its_own_line(tmp_path):
     parent, child = pty.openpty()
     process = subprocess.Popen(
         [sys.executable, "train_main.py", *SMALL, "--epochs=1", f"--logdir={tmp_path / 'r'}"],
-        cwd=ROOT, env=environment(), stdout=child, stderr=subprocess.DEVNULL)
+        cwd=ROOT,
+        env=environment(),
+        stdout=child,
+        stderr=subprocess.DEVNULL,
+    )
     os.close(child)
     output = b""
     while True:
@@ -223,10 +265,22 @@ def test_in_a_terminal_the_constraint_line_has_its_own_line(tmp_path):
 @pytest.mark.slow
 def test_kill_during_epoch_2_and_resume(tmp_path):
     run_dir = tmp_path / "run"
-    args = [sys.executable, "train_main.py", *SMALL, "--limit_to=2000", "--epochs=3",
-            f"--logdir={run_dir}"]
-    process = subprocess.Popen(args, cwd=ROOT, env=environment(), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    args = [
+        sys.executable,
+        "train_main.py",
+        *SMALL,
+        "--limit_to=2000",
+        "--epochs=3",
+        f"--logdir={run_dir}",
+    ]
+    process = subprocess.Popen(
+        args,
+        cwd=ROOT,
+        env=environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     for line in process.stdout:
         # Printed after epoch 1's backup; epoch 2 starts right away.
         if line.startswith("epoch 1:"):
@@ -235,8 +289,9 @@ def test_kill_during_epoch_2_and_resume(tmp_path):
     process.wait(timeout=60)
     assert process.returncode == -signal.SIGKILL
     assert not (run_dir / "summary.json").exists()
-    result = subprocess.run(args, cwd=ROOT, env=environment(), capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        args, cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Resuming run" in result.stdout
     assert "epoch 2:" in result.stdout and "epoch 1:" not in result.stdout
@@ -265,12 +320,23 @@ def test_multi_worker_on_localhost(tmp_path):
     processes = []
     for index in range(2):
         config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        processes.append(subprocess.Popen(
-            [sys.executable, "train_main.py", *SMALL, "--epochs=1", "--strategy=multi_worker",
-             f"--logdir={tmp_path / 'run'}"],
-            cwd=ROOT, env=environment(TF_CONFIG=json.dumps(config)),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        ))
+        processes.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "train_main.py",
+                    *SMALL,
+                    "--epochs=1",
+                    "--strategy=multi_worker",
+                    f"--logdir={tmp_path / 'run'}",
+                ],
+                cwd=ROOT,
+                env=environment(TF_CONFIG=json.dumps(config)),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     outputs = [p.communicate(timeout=400)[0] for p in processes]
     assert [p.returncode for p in processes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     assert "2 replica(s)" in outputs[0]
@@ -279,8 +345,10 @@ def test_multi_worker_on_localhost(tmp_path):
 
 
 def test_mirrored_on_two_cpu_devices(tmp_path):
-    result = run(SMALL + ["--strategy=mirrored", "--cpu_devices=2", f"--logdir={tmp_path / 'r'}",
-                          "--epochs=1"])
+    result = run(
+        SMALL
+        + ["--strategy=mirrored", "--cpu_devices=2", f"--logdir={tmp_path / 'r'}", "--epochs=1"]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 replica(s)" in result.stdout
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())

@@ -46,8 +46,10 @@ def write_tiny_imagenet(root, wnids=("n01", "n02"), per_class=3):
             image = tf.fill((64, 64, 3), tf.constant(40 * index + i, tf.uint8))
             tf.io.write_file(os.path.join(folder, f"{wnid}_{i}.JPEG"), tf.io.encode_jpeg(image))
         name = f"val_{index}.JPEG"
-        tf.io.write_file(os.path.join(root, "val", "images", name),
-                         tf.io.encode_jpeg(tf.zeros((64, 64, 3), tf.uint8)))
+        tf.io.write_file(
+            os.path.join(root, "val", "images", name),
+            tf.io.encode_jpeg(tf.zeros((64, 64, 3), tf.uint8)),
+        )
         rows.append(f"{name}\t{wnid}\t0\t0\t63\t63\n")
     with open(os.path.join(root, "val", "val_annotations.txt"), "w") as f:
         f.writelines(rows)
@@ -105,8 +107,10 @@ def test_prepare_command(tmp_path, capsys):
 
     with tfds.testing.mock_data(num_examples=8):  # no network: preparing is a no-op
         assert data.main(["prepare", "cifar10", f"--data_dir={tmp_path}"]) == 0
-    assert f"cifar10 is ready in {tmp_path}; train with --dataset=cifar10 --data_dir={tmp_path}" \
+    assert (
+        f"cifar10 is ready in {tmp_path}; train with --dataset=cifar10 --data_dir={tmp_path}"
         in capsys.readouterr().out
+    )
     with pytest.raises(SystemExit):
         data.main(["prepare", "shapes10", f"--data_dir={tmp_path}"])
 
@@ -115,6 +119,9 @@ def test_a_foreign_data_dir_is_one_clear_error(tmp_path):
     folder = tmp_path / "cifar10" / "3.0.2"
     folder.mkdir(parents=True)
     (folder / "dataset_info.json").write_text("{garbage")
-    with pytest.raises(data.DataNotFound, match=f"{tmp_path} does not hold a readable cifar10 "
-                                                r"\(ParseError: .*keras-capacity-data prepare"):
+    with pytest.raises(
+        data.DataNotFound,
+        match=f"{tmp_path} does not hold a readable cifar10 "
+        r"\(ParseError: .*keras-capacity-data prepare",
+    ):
         data.load("cifar10", str(tmp_path))

@@ -13,8 +13,12 @@ keras_capacity.training.report`` (or ``.data``) runs its module only once.
 
 import importlib
 
-_EXPORTS = {"RunConfig": "config", "ConfigError": "config", "RunError": "runs",
-            "train_and_evaluate": "train"}
+_EXPORTS = {
+    "RunConfig": "config",
+    "ConfigError": "config",
+    "RunError": "runs",
+    "train_and_evaluate": "train",
+}
 __all__ = list(_EXPORTS)
 
 

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_capacity import measure
+from keras_capacity import network
 from keras_capacity.training import runs
 
 
@@ -57,7 +57,7 @@ class CapacityLogger(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        self.rows = measure.layer_table(self.model)
+        self.rows = network.layer_table(self.model)
         if self.log_dir:
             for row in self.rows:
                 with self._writer("layers", _safe_name(row["name"])).as_default():
@@ -66,8 +66,9 @@ class CapacityLogger(keras.callbacks.Callback):
                 if "loss" in logs and "val_loss" in logs:
                     tf.summary.scalar("gap/loss", logs["val_loss"] - logs["loss"], step=epoch)
                 if "accuracy" in logs and "val_accuracy" in logs:
-                    tf.summary.scalar("gap/accuracy", logs["accuracy"] - logs["val_accuracy"],
-                                      step=epoch)
+                    tf.summary.scalar(
+                        "gap/accuracy", logs["accuracy"] - logs["val_accuracy"], step=epoch
+                    )
         last = epoch + 1 == self.params.get("epochs")
         if (epoch % self.histogram_every == 0 or last) and self.train_data is not None:
             self.log_margins(epoch)
@@ -75,33 +76,52 @@ class CapacityLogger(keras.callbacks.Callback):
 
     def log_margins(self, step):
         """Margin and normalized-margin histograms at ``step``."""
-        complexity = measure.spectral_complexity(self.model, self.rows)
+        complexity = network.spectral_complexity(self.model, self.rows)
         for split, data in (("train", self.train_data), ("test", self.test_data)):
             if data is None or not self.log_dir:
                 continue
-            values = measure.margins(self.model, data)
+            values = network.margins(self.model, data)
             with self._writer("margins").as_default():
                 tf.summary.histogram(f"margins/{split}", values, step=step)
                 if complexity > 0:
-                    tf.summary.histogram(f"normalized_margins/{split}", values / complexity,
-                                         step=step)
+                    tf.summary.histogram(
+                        f"normalized_margins/{split}", values / complexity, step=step
+                    )
 
     def summary_line(self, epoch, logs):
         """``epoch N: loss .. acc .. | test .. | constraints: k/n hold ...``."""
         parts = [f"epoch {epoch + 1}:"]
-        for key, label in (("loss", "loss"), ("accuracy", "acc"),
-                           ("val_loss", "test loss"), ("val_accuracy", "test acc")):
+        for key, label in (
+            ("loss", "loss"),
+            ("accuracy", "acc"),
+            ("val_loss", "test loss"),
+            ("val_accuracy", "test acc"),
+        ):
             if key in logs:
                 parts.append(f"{label} {logs[key]:.4f}")
-        constrained = [r for r in self.rows
-                       if r["lip_constraint"] < math.inf or r["dist_constraint"] < math.inf]
+        constrained = [
+            r
+            for r in self.rows
+            if r["lip_constraint"] < math.inf or r["dist_constraint"] < math.inf
+        ]
         if constrained:
             holding = sum(r["holds"] for r in constrained)
-            lip = max((r["lipschitz"] / r["lip_constraint"] for r in constrained
-                       if r["lip_constraint"] < math.inf), default=None)
-            dist = max((r["distance"] / r["dist_constraint"] for r in constrained
-                        if 0 < r["dist_constraint"] < math.inf and r["distance"] is not None),
-                       default=None)
+            lip = max(
+                (
+                    r["lipschitz"] / r["lip_constraint"]
+                    for r in constrained
+                    if r["lip_constraint"] < math.inf
+                ),
+                default=None,
+            )
+            dist = max(
+                (
+                    r["distance"] / r["dist_constraint"]
+                    for r in constrained
+                    if 0 < r["dist_constraint"] < math.inf and r["distance"] is not None
+                ),
+                default=None,
+            )
             status = f"| constraints: {holding}/{len(constrained)} hold"
             if lip is not None:
                 status += f", max lip/bound {lip:.3f}"
@@ -117,8 +137,10 @@ class CapacityLogger(keras.callbacks.Callback):
 
 def _layer_scalars(row, step):
     """One layer's capacity scalars, and each divided by its bound."""
-    values = (("lipschitz", row["lipschitz"], row["lip_constraint"]),
-              ("distance", row["distance"], row["dist_constraint"]))
+    values = (
+        ("lipschitz", row["lipschitz"], row["lip_constraint"]),
+        ("distance", row["distance"], row["dist_constraint"]),
+    )
     for name, value, bound in values:
         if value is None:
             continue
@@ -172,7 +194,7 @@ class CheckedBackupAndRestore(keras.callbacks.BackupAndRestore):
     def on_train_begin(self, logs=None):
         try:
             super().on_train_begin(logs)
-        except Exception as error:  # noqa: BLE001  any unreadable backup
+        except Exception as error:  # any unreadable backup
             raise runs.RunError(
                 f"The backup in {self.backup_dir} is damaged ({type(error).__name__}: "
                 f"{str(error).splitlines()[0] if str(error) else ''}). Delete that folder and "
@@ -224,5 +246,8 @@ def epoch_schedule(kind, learning_rate, epochs, milestones=(60, 120, 160), gamma
 def margins_summary(values):
     """Mean, median and the fraction of positive margins, as floats."""
     values = np.asarray(values, np.float64)
-    return {"mean": float(values.mean()), "median": float(np.median(values)),
-            "positive": float((values > 0).mean())}
+    return {
+        "mean": float(values.mean()),
+        "median": float(np.median(values)),
+        "positive": float((values > 0).mean()),
+    }

@@ -40,8 +40,9 @@ def _train_main(argv):
     try:
         config = run_flags.config_from_flags(flags.FLAGS)
         run_dir = run_flags.run_directory(config, flags.FLAGS)
-        summary = training.train_and_evaluate(config, run_dir,
-                                               log=lambda line: print(line, flush=True))
+        summary = training.train_and_evaluate(
+            config, run_dir, log=lambda line: print(line, flush=True)
+        )
     except (ConfigError, RunError) as error:
         fail(error)
     print(training.describe(summary, run_dir), flush=True)

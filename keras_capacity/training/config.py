@@ -17,9 +17,12 @@ SCHEDULES = ("auto", "cosine", "step", "constant")
 STRATEGIES = ("auto", "mirrored", "one_device", "multi_worker")
 # The settings with a fixed set of values.
 CHOICES = {
-    "dataset": data.DATASETS, "arch": tuple(models.ARCHITECTURES),
-    "proj_mode": constraints.MODES, "optimizer": optimizers.OPTIMIZERS,
-    "schedule": SCHEDULES, "strategy": STRATEGIES,
+    "dataset": data.DATASETS,
+    "arch": tuple(models.ARCHITECTURES),
+    "proj_mode": constraints.MODES,
+    "optimizer": optimizers.OPTIMIZERS,
+    "schedule": SCHEDULES,
+    "strategy": STRATEGIES,
 }
 
 
@@ -91,8 +94,9 @@ class RunConfig:
 
     def flag_values(self):
         """``{flag name: text}``: the command line that gives this config."""
-        return {field.name: _flag_text(getattr(self, field.name))
-                for field in dataclasses.fields(self)}
+        return {
+            field.name: _flag_text(getattr(self, field.name)) for field in dataclasses.fields(self)
+        }
 
     @classmethod
     def from_flag_values(cls, values):
@@ -107,8 +111,11 @@ class RunConfig:
     def differences(self, other):
         """``["--name: mine -> other's", ...]`` for every differing setting."""
         mine, theirs = self.flag_values(), other.flag_values()
-        return [f"--{name}: {mine[name]} -> {theirs[name]}" for name in mine
-                if getattr(self, name) != getattr(other, name)]
+        return [
+            f"--{name}: {mine[name]} -> {theirs[name]}"
+            for name in mine
+            if getattr(self, name) != getattr(other, name)
+        ]
 
 
 def _flag_text(value):
@@ -157,7 +164,8 @@ def _real(config, name, minimum, *, strictly=False, below=None):
     low_ok = number > minimum if strictly else number >= minimum
     high_ok = below is None or number < below
     if not (math.isfinite(number) and low_ok and high_ok):
-        interval = f"{'(' if strictly else '['}{minimum:g}, {'inf' if below is None else format(below, 'g')})"
+        upper = "inf" if below is None else format(below, "g")
+        interval = f"{'(' if strictly else '['}{minimum:g}, {upper})"
         raise ConfigError(f"--{name} must be a finite number in {interval}, got {value!r}.")
     return number
 
@@ -165,7 +173,9 @@ def _real(config, name, minimum, *, strictly=False, below=None):
 def _choice(config, name):
     value, choices = getattr(config, name), CHOICES[name]
     if value not in choices:
-        raise ConfigError(f"--{name}: unknown value {value!r}; expected one of {', '.join(choices)}.")
+        raise ConfigError(
+            f"--{name}: unknown value {value!r}; expected one of {', '.join(choices)}."
+        )
     return value
 
 
@@ -192,8 +202,11 @@ def _milestones(config):
     try:
         milestones = tuple(int(str(v).strip()) for v in values)
     except (TypeError, ValueError):
-        raise ConfigError(f"--milestones must be epochs (integers), got {config.milestones!r}.") from None
-    if any(m < 1 for m in milestones) or any(b <= a for a, b in zip(milestones, milestones[1:])):
+        raise ConfigError(
+            f"--milestones must be epochs (integers), got {config.milestones!r}."
+        ) from None
+    increasing = all(b > a for a, b in zip(milestones, milestones[1:], strict=False))
+    if any(m < 1 for m in milestones) or not increasing:
         raise ConfigError(
             f"--milestones must be increasing epochs >= 1, got {','.join(map(str, milestones))}."
         )
@@ -238,7 +251,9 @@ def _check_combinations(config):
     if config.bn and config.arch != "preact_resnet18":
         raise ConfigError("--bn applies to --arch=preact_resnet18 only.")
     if config.dataset == "tiny_imagenet" and config.arch != "preact_resnet18":
-        raise ConfigError("tiny_imagenet has 64x64 images; the simple convnets need 32x32: "
-                          "use --arch=preact_resnet18.")
+        raise ConfigError(
+            "tiny_imagenet has 64x64 images; the simple convnets need 32x32: "
+            "use --arch=preact_resnet18."
+        )
     if config.seed >= 2**32:
         raise ConfigError(f"--seed must be below 2**32, got {config.seed}.")

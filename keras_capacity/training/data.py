@@ -73,30 +73,43 @@ def _shapes10():
     with np.load(SHAPES10_PATH) as arrays:
         train = (arrays["x_train"], arrays["y_train"].astype(np.int64))
         test = (arrays["x_test"], arrays["y_test"].astype(np.int64))
-    return (tf.data.Dataset.from_tensor_slices(train),
-            tf.data.Dataset.from_tensor_slices(test), 10, len(train[1]), len(test[1]))
+    return (
+        tf.data.Dataset.from_tensor_slices(train),
+        tf.data.Dataset.from_tensor_slices(test),
+        10,
+        len(train[1]),
+        len(test[1]),
+    )
 
 
 def _tfds(name, data_dir):
     import tensorflow_datasets as tfds
 
     where = data_dir or tfds.core.constants.DATA_DIR
-    how = (f"On a machine with internet run once `{prepare_command(name, where)}` (or `tfds "
-           f"build {name} --data_dir={where}`), then train with --data_dir={where}.")
+    how = (
+        f"On a machine with internet run once `{prepare_command(name, where)}` (or `tfds "
+        f"build {name} --data_dir={where}`), then train with --data_dir={where}."
+    )
     try:
         splits, info = tfds.load(
-            name, split=["train", "test"], data_dir=data_dir, as_supervised=True,
-            shuffle_files=False, with_info=True, download=False,
+            name,
+            split=["train", "test"],
+            data_dir=data_dir,
+            as_supervised=True,
+            shuffle_files=False,
+            with_info=True,
+            download=False,
         )
     except AssertionError:  # TFDS's "could not find data"
         raise DataNotFound(f"{name} is not prepared in {where}. {how}") from None
-    except Exception as error:  # noqa: BLE001  a damaged or foreign folder
+    except Exception as error:  # a damaged or foreign folder
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise DataNotFound(f"{where} does not hold a readable {name} ({type(error).__name__}: "
-                           f"{first}). {how}") from None
+        raise DataNotFound(
+            f"{where} does not hold a readable {name} ({type(error).__name__}: {first}). {how}"
+        ) from None
     num_classes = info.features["label"].num_classes
     counts = []
-    for name_, split in zip(("train", "test"), splits):
+    for name_, split in zip(("train", "test"), splits, strict=True):
         try:
             counts.append(info.splits[name_].num_examples)
         except KeyError:  # split sizes unknown (mock data): count once
@@ -106,7 +119,9 @@ def _tfds(name, data_dir):
 
 def _tiny_imagenet_root(data_dir):
     if not data_dir:
-        raise FileNotFoundError("--data_dir is required for tiny_imagenet.\n" + TINY_IMAGENET_LAYOUT)
+        raise FileNotFoundError(
+            "--data_dir is required for tiny_imagenet.\n" + TINY_IMAGENET_LAYOUT
+        )
     for root in (data_dir, os.path.join(data_dir, "tiny-imagenet-200")):
         if os.path.isdir(os.path.join(root, "train")) and os.path.isdir(os.path.join(root, "val")):
             return root
@@ -127,7 +142,9 @@ def tiny_imagenet_files(data_dir):
         with open(wnids_file) as f:
             wnids = [line.strip() for line in f if line.strip()]
     else:
-        wnids = sorted(d for d in os.listdir(train_dir) if os.path.isdir(os.path.join(train_dir, d)))
+        wnids = sorted(
+            d for d in os.listdir(train_dir) if os.path.isdir(os.path.join(train_dir, d))
+        )
     index = {wnid: i for i, wnid in enumerate(wnids)}
     train_files, train_labels = [], []
     for wnid in wnids:
@@ -169,8 +186,13 @@ def _decoded(files, labels):
 
 def _tiny_imagenet(data_dir):
     train_files, train_labels, val_files, val_labels, wnids = tiny_imagenet_files(data_dir)
-    return (_decoded(train_files, train_labels), _decoded(val_files, val_labels),
-            len(wnids), len(train_files), len(val_files))
+    return (
+        _decoded(train_files, train_labels),
+        _decoded(val_files, val_labels),
+        len(wnids),
+        len(train_files),
+        len(val_files),
+    )
 
 
 def random_labels(count, num_classes, seed):
@@ -194,8 +216,9 @@ def _augment(image, label):
     return tf.image.random_flip_left_right(image), label
 
 
-def load(name, data_dir=None, batch_size=256, limit_to=-1, randomize_labels=False,
-         augment=False, seed=0):
+def load(
+    name, data_dir=None, batch_size=256, limit_to=-1, randomize_labels=False, augment=False, seed=0
+):
     """Normalized, batched train and test pipelines for dataset ``name``.
 
     Args:
@@ -235,7 +258,9 @@ def load(name, data_dir=None, batch_size=256, limit_to=-1, randomize_labels=Fals
     return Data(
         train=train.batch(batch_size).prefetch(tf.data.AUTOTUNE),
         test=test.batch(batch_size).prefetch(tf.data.AUTOTUNE),
-        num_classes=num_classes, num_train=num_train, num_test=num_test,
+        num_classes=num_classes,
+        num_train=num_train,
+        num_test=num_test,
         image_shape=image_shape,
     )
 
@@ -246,8 +271,10 @@ def prepare(name, data_dir):
     import tensorflow_datasets as tfds
 
     if name not in ("cifar10", "cifar100"):
-        raise ValueError(f"only cifar10 and cifar100 are prepared through TFDS; {name!r} is "
-                         "bundled (shapes10) or read from its folder (tiny_imagenet).")
+        raise ValueError(
+            f"only cifar10 and cifar100 are prepared through TFDS; {name!r} is "
+            "bundled (shapes10) or read from its folder (tiny_imagenet)."
+        )
     tfds.builder(name, data_dir=data_dir).download_and_prepare()
 
 
@@ -256,7 +283,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="keras-capacity-data",
         description="Prepare a TFDS dataset once, on a machine with internet, for training "
-                    "with --data_dir.")
+        "with --data_dir.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     command = commands.add_parser("prepare", help="download and prepare a dataset")
     command.add_argument("name", choices=("cifar10", "cifar100"))
@@ -264,12 +292,17 @@ def main(argv=None):
     arguments = parser.parse_args(argv)
     try:
         prepare(arguments.name, arguments.data_dir)
-    except Exception as error:  # noqa: BLE001  a download that fails: one line
-        print(f"error: preparing {arguments.name} in {arguments.data_dir} failed "
-              f"({type(error).__name__}: {str(error).strip().splitlines()[0]})", file=sys.stderr)
+    except Exception as error:  # a download that fails: one line
+        print(
+            f"error: preparing {arguments.name} in {arguments.data_dir} failed "
+            f"({type(error).__name__}: {str(error).strip().splitlines()[0]})",
+            file=sys.stderr,
+        )
         return 1
-    print(f"{arguments.name} is ready in {arguments.data_dir}; train with "
-          f"--dataset={arguments.name} --data_dir={arguments.data_dir}")
+    print(
+        f"{arguments.name} is ready in {arguments.data_dir}; train with "
+        f"--dataset={arguments.name} --data_dir={arguments.data_dir}"
+    )
     return 0
 
 

@@ -20,7 +20,8 @@ def split_cpu(count):
         return
     try:
         tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+            cpu, [tf.config.LogicalDeviceConfiguration()] * count
+        )
     except RuntimeError:
         raise ConfigError(
             f"--cpu_devices={count}: TensorFlow already runs in this process with "
@@ -32,8 +33,9 @@ def tf_config():
     """The parsed ``TF_CONFIG``; a :class:`ConfigError` naming what is wrong."""
     text = os.environ.get("TF_CONFIG")
     if not text:
-        raise ConfigError("--strategy=multi_worker needs TF_CONFIG (a JSON cluster spec) in "
-                          "the environment.")
+        raise ConfigError(
+            "--strategy=multi_worker needs TF_CONFIG (a JSON cluster spec) in the environment."
+        )
     try:
         config = json.loads(text)
         workers = config["cluster"]["worker"]
@@ -43,13 +45,21 @@ def tf_config():
         raise ConfigError(
             f"TF_CONFIG is malformed ({error!r}); expected "
             '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", '
-            '"index": 0}}.') from None
+            '"index": 0}}.'
+        ) from None
     members = config["cluster"].get(kind, []) if isinstance(config["cluster"], dict) else []
-    if not isinstance(workers, list) or not workers or kind not in ("worker", "chief") \
-            or not isinstance(index, int) or not 0 <= index < len(members):
+    if (
+        not isinstance(workers, list)
+        or not workers
+        or kind not in ("worker", "chief")
+        or not isinstance(index, int)
+        or not 0 <= index < len(members)
+    ):
         count = len(workers) if isinstance(workers, list) else "?"
-        raise ConfigError(f"TF_CONFIG is malformed: task {task!r} does not name one of the "
-                          f"cluster's {count} workers.")
+        raise ConfigError(
+            f"TF_CONFIG is malformed: task {task!r} does not name one of the "
+            f"cluster's {count} workers."
+        )
     return config
 
 
@@ -64,7 +74,9 @@ def create_strategy(name):
         devices = gpus or tf.config.list_logical_devices("CPU")
         return tf.distribute.MirroredStrategy([d.name for d in devices])
     if name == "one_device":
-        return tf.distribute.OneDeviceStrategy((gpus or tf.config.list_logical_devices("CPU"))[0].name)
+        return tf.distribute.OneDeviceStrategy(
+            (gpus or tf.config.list_logical_devices("CPU"))[0].name
+        )
     return tf.distribute.get_strategy()
 
 
@@ -103,6 +115,7 @@ def patch_for_multi_worker(model, batch):
     def vector_outputs(step):
         def wrapped(data):
             return {name: tf.reshape(value, [1]) for name, value in step(data).items()}
+
         return wrapped
 
     model.train_step = vector_outputs(model.train_step)

@@ -13,30 +13,30 @@ from keras_capacity.training import config as run_config
 
 _HELP = {
     "dataset": "Dataset; shapes10 is bundled and needs no download (cifar10/100: prepare "
-               "them once with keras-capacity-data).",
+    "them once with keras-capacity-data).",
     "data_dir": "TFDS data directory (cifar10/100), or the tiny-imagenet-200 folder.",
     "arch": "Architecture.",
     "n_channels": "Channels of every layer of simple_convnet6/11.",
     "simplex": "simple_convnet6/11: flatten + SimplexClassifier (if the classifier's dist is 0) "
-               "or constrained Dense, instead of the 1x1 conv head.",
+    "or constrained Dense, instead of the 1x1 conv head.",
     "lip": "Lipschitz bounds (> 0): first conv, convs in blocks, shortcut, classifier; -1 or "
-           "inf = none.",
+    "inf = none.",
     "dist": "(2,1) distance-to-init bounds (>= 0), same four entries; -1 or inf = none; a "
-            "classifier entry of 0 selects the SimplexClassifier.",
+    "classifier entry of 0 selects the SimplexClassifier.",
     "proj_mode": "Projection onto the Lipschitz ball: orthogonal (the nearest kernel, "
-                 "per-frequency SVD clipping and Dykstra) or radial (rescaling; cheaper).",
+    "per-frequency SVD clipping and Dykstra) or radial (rescaling; cheaper).",
     "n_proj": "Alternating projection rounds per projection; 0 = train without projections "
-              "(the bounds are then only reported).",
+    "(the bounds are then only reported).",
     "proj_freq": "Project every proj_freq optimizer steps.",
     "bs": "Global batch size (over all replicas).",
     "epochs": "Training epochs.",
     "lr": "Learning rate (> 0).",
     "wd": "Weight decay, coupled as PyTorch's (sgd, lars); adam and lamb use none, as the "
-          "reference.",
+    "reference.",
     "momentum": "Momentum (sgd, lars), in [0, 1).",
     "optimizer": "Optimizer.",
     "schedule": "Learning-rate schedule per epoch; auto = cosine for the convnets, step (x gamma "
-                "at the milestones) for the ResNet.",
+    "at the milestones) for the ResNet.",
     "milestones": "Epochs of the step schedule (increasing).",
     "gamma": "Factor of the step schedule (> 0).",
     "bn": "BatchNorm in the ResNet.",
@@ -46,11 +46,12 @@ _HELP = {
     "seed": "Seed of initialization, shuffling and random labels (>= 0).",
     "save_model": "Also save the model every 10 epochs.",
     "strategy": "auto: MirroredStrategy over all GPUs if there is one, else the default "
-                "strategy; multi_worker: MultiWorkerMirroredStrategy from TF_CONFIG.",
+    "strategy; multi_worker: MultiWorkerMirroredStrategy from TF_CONFIG.",
     "cpu_devices": "Split the CPU into this many logical devices (to try multi-device "
-                   "strategies without GPUs).",
+    "strategies without GPUs).",
     "histogram_every": "Epochs between margin histograms.",
 }
+
 
 def define_flags(flag_values=flags.FLAGS):
     """Defines one flag per :class:`RunConfig` field, plus ``--logdir``."""
@@ -70,8 +71,9 @@ def define_flags(flag_values=flags.FLAGS):
             flags.DEFINE_float(name, default, **common)
         else:
             flags.DEFINE_string(name, default, **common)
-    flags.DEFINE_string("logdir", None, "Run directory; default runs/<dataset>_<arch>.",
-                        flag_values=flag_values)
+    flags.DEFINE_string(
+        "logdir", None, "Run directory; default runs/<dataset>_<arch>.", flag_values=flag_values
+    )
 
 
 def config_from_flags(flag_values=flags.FLAGS):

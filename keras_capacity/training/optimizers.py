@@ -48,8 +48,16 @@ class LARS(keras.optimizers.Optimizer):
     so there "lars" is plain momentum SGD. Here the ratio always applies.
     """
 
-    def __init__(self, learning_rate=0.1, momentum=0.9, l2=0.0, eta=0.001, epsilon=1e-8,
-                 name="lars", **kwargs):
+    def __init__(
+        self,
+        learning_rate=0.1,
+        momentum=0.9,
+        l2=0.0,
+        eta=0.001,
+        epsilon=1e-8,
+        name="lars",
+        **kwargs,
+    ):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         if not 0 <= momentum < 1 or l2 < 0 or eta <= 0:
             raise ValueError(
@@ -81,8 +89,13 @@ class LARS(keras.optimizers.Optimizer):
         self.assign_sub(variable, ops.multiply(lr, velocity))
 
     def get_config(self):
-        return {**super().get_config(), "momentum": self.momentum, "l2": self.l2,
-                "eta": self.eta, "epsilon": self.epsilon}
+        return {
+            **super().get_config(),
+            "momentum": self.momentum,
+            "l2": self.l2,
+            "eta": self.eta,
+            "epsilon": self.epsilon,
+        }
 
 
 OPTIMIZERS = ("sgd", "adam", "lars", "lamb")

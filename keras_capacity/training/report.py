@@ -35,12 +35,18 @@ import sys
 
 import numpy as np
 
-from keras_capacity import bounds, measure
+from keras_capacity import bounds, network
 from keras_capacity.training import runs
 
 # What the report reads from summary.json.
-SUMMARY_KEYS = ("flags", "layers", "network_lipschitz", "train_accuracy", "test_accuracy",
-                "all_constraints_hold")
+SUMMARY_KEYS = (
+    "flags",
+    "layers",
+    "network_lipschitz",
+    "train_accuracy",
+    "test_accuracy",
+    "all_constraints_hold",
+)
 RADII = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0)
 DEFAULT_GAMMA = "q10"
 # The bounds' sources, as the paper's Table 1 names them.
@@ -89,8 +95,9 @@ def chosen_margin(spec, train_margins):
         positive = margins[margins > 0]
         if not len(positive):
             return None, "no training margin is positive"
-        return float(np.percentile(positive, percent)), \
-            f"the {percent:g}th percentile of the positive training margins"
+        return float(
+            np.percentile(positive, percent)
+        ), f"the {percent:g}th percentile of the positive training margins"
     try:
         gamma = float(text)
     except ValueError:
@@ -106,8 +113,10 @@ def drivers(q, name):
     if name in ("ours_norms", "ours_params", "bartlett"):
         return f"{product}, sum of (2,1) distances = {sum(q.dist21):.4g}"
     if name.startswith("ledent"):
-        return (f"{product}, sum of per-filter distances = {sum(q.filter_dist21):.4g}, "
-                f"largest patch norm = {max(q.patch_norms):.4g}")
+        return (
+            f"{product}, sum of per-filter distances = {sum(q.filter_dist21):.4g}, "
+            f"largest patch norm = {max(q.patch_norms):.4g}"
+        )
     if name == "lin":
         return f"{product}, sum_i W_i^2 = {sum(w * w for w in q.params):.4g}"
     if name.endswith("_1inf"):
@@ -123,8 +132,9 @@ def _number(value):
 
 def _holds(row):
     """``(Lipschitz, distance)`` each ``"yes"``, ``"NO"`` or ``"-"`` (no constraint)."""
-    status = measure.constraint_status(row["lipschitz"], row["lip_constraint"],
-                                       row["distance"], row["dist_constraint"])
+    status = network.constraint_status(
+        row["lipschitz"], row["lip_constraint"], row["distance"], row["dist_constraint"]
+    )
     return tuple("-" if ok is None else ("yes" if ok else "NO") for ok in status)
 
 
@@ -135,10 +145,21 @@ def line_style(name, index):
         return dict(color="black", linewidth=2.8, linestyle="-")
     if name == "ours_params":
         return dict(color="black", linewidth=2.8, linestyle="--")
-    colours = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple",
-               "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
-    return dict(color=colours[index % len(colours)], linewidth=1.4,
-                linestyle=("-", "--", ":")[index % 3])
+    colours = (
+        "tab:blue",
+        "tab:orange",
+        "tab:green",
+        "tab:red",
+        "tab:purple",
+        "tab:brown",
+        "tab:pink",
+        "tab:olive",
+        "tab:cyan",
+        "tab:gray",
+    )
+    return dict(
+        color=colours[index % len(colours)], linewidth=1.4, linestyle=("-", "--", ":")[index % 3]
+    )
 
 
 def _figures(run_dir, rows, q, test_error, train_margins, test_margins):
@@ -150,8 +171,9 @@ def _figures(run_dir, rows, q, test_error, train_margins, test_margins):
     names = [r["name"] for r in rows]
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for axis, value, bound, title in (
-            (axes[0], "lipschitz", "lip_constraint", "Lipschitz constant"),
-            (axes[1], "distance", "dist_constraint", "(2,1) distance to K0")):
+        (axes[0], "lipschitz", "lip_constraint", "Lipschitz constant"),
+        (axes[1], "distance", "dist_constraint", "(2,1) distance to K0"),
+    ):
         positions = np.arange(len(rows))
         axis.bar(positions, [r[value] or 0.0 for r in rows], label="measured")
         limits = [r[bound] if r[bound] not in (None, math.inf) else np.nan for r in rows]
@@ -173,10 +195,14 @@ def _figures(run_dir, rows, q, test_error, train_margins, test_margins):
         for index, name in enumerate(bounds.BOUNDS):
             style = line_style(name, index)
             complexity = [bounds.BOUNDS[name](q, g) for g in grid]
-            axes[0].plot(grid, [v if 0 < v < math.inf else np.nan for v in complexity],
-                         label=name, **style)
-            error = ramp + 2 * np.asarray([bounds.ramp_class_complexity(q, name, g)
-                                           for g in grid]) + confidence
+            axes[0].plot(
+                grid, [v if 0 < v < math.inf else np.nan for v in complexity], label=name, **style
+            )
+            error = (
+                ramp
+                + 2 * np.asarray([bounds.ramp_class_complexity(q, name, g) for g in grid])
+                + confidence
+            )
             axes[1].plot(grid, np.where(np.isfinite(error), error, np.nan), label=name, **style)
     axes[0].set_title("Rademacher complexity bounds R(gamma) (legend: right)")
     axes[0].set_ylabel("bound on the Rademacher complexity")
@@ -195,8 +221,12 @@ def _figures(run_dir, rows, q, test_error, train_margins, test_margins):
     plt.close(figure)
 
     figure, axis = plt.subplots(figsize=(7, 4))
-    axis.hist([train_margins, test_margins], bins=40, density=True,
-              label=[f"train ({len(train_margins)})", f"test ({len(test_margins)})"])
+    axis.hist(
+        [train_margins, test_margins],
+        bins=40,
+        density=True,
+        label=[f"train ({len(train_margins)})", f"test ({len(test_margins)})"],
+    )
     axis.axvline(0.0, color="gray", linewidth=1)
     axis.set_xlabel("margin v_y - max_{i != y} v_i")
     axis.set_ylabel("density")
@@ -210,66 +240,99 @@ def _error_table(summary, q, test_error):
     best = min(test_error.values(), key=lambda b: b.value)
     delta, count = bounds.DELTA, len(bounds.MARGIN_GRID)
     lines = [
-        "## What the bounds say about the test error", "",
+        "## What the bounds say about the test error",
+        "",
         f"With probability {1 - delta:g} over the training sample, the test error is at most "
-        f"(each bound at its best margin):", "",
+        f"(each bound at its best margin):",
+        "",
         "| bound | source | test error at most | best margin | train ramp loss | 2 R(margin) "
         "| confidence | driven by |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, bound in test_error.items():
         value = _number(bound.value) + (" (vacuous)" if bound.vacuous else "")
-        lines.append(f"| {name} | {SOURCES[name]} | **{value}** | {bound.margin:.4g} | "
-                     f"{bound.ramp_loss:.4f} | {_number(2 * bound.complexity)} | "
-                     f"{bound.confidence:.4f} | {drivers(q, name)} |")
+        lines.append(
+            f"| {name} | {SOURCES[name]} | **{value}** | {bound.margin:.4g} | "
+            f"{bound.ramp_loss:.4f} | {_number(2 * bound.complexity)} | "
+            f"{bound.confidence:.4f} | {drivers(q, name)} |"
+        )
     lines += [
-        "", f"Measured test error: **{1 - summary['test_accuracy']:.4f}** "
+        "",
+        f"Measured test error: **{1 - summary['test_accuracy']:.4f}** "
         f"(train error {1 - summary['train_accuracy']:.4f}). Least vacuous: {best.name} "
-        f"({_number(best.value)}).", "",
+        f"({_number(best.value)}).",
+        "",
         f"Each row is `ramp_gamma(train) + 2 R_S(F_gamma) + 3 sqrt(log(2K/delta) / (2n))` "
         f"minimized over K = {count} margins fixed in advance (2^-20 ... 2^20), delta = {delta:g} "
         f"(the union bound over the grid), n = {q.n}: the margin bound of Bartlett et al. 2017 "
         "(Lemma A.4). `R_S(F_gamma)` is each complexity bound; the six layer-peeling bounds "
         "(on the outputs, times kappa) are multiplied by 2/gamma for the ramp-loss class. "
-        "A value of 1 or more is vacuous: it says nothing.", "",
+        "A value of 1 or more is vacuous: it says nothing.",
+        "",
     ]
     at_top = [name for name, bound in test_error.items() if bound.margin == bounds.MARGIN_GRID[-1]]
     if at_top:
-        lines += [f"{', '.join(at_top)}: smallest at the largest margin of the grid, above every "
-                  "training margin (ramp loss about 1): vacuous at every margin.", ""]
+        lines += [
+            f"{', '.join(at_top)}: smallest at the largest margin of the grid, above every "
+            "training margin (ramp loss about 1): vacuous at every margin.",
+            "",
+        ]
     return lines
 
 
 def _markdown(summary, rows, q, test_error, gamma, gamma_text, values, certified):
-    lines = ["# Capacity report", "",
-             f"train accuracy {summary['train_accuracy']:.4f}, test accuracy "
-             f"{summary['test_accuracy']:.4f}, network Lipschitz bound "
-             f"{summary['network_lipschitz']:.4g}, every constraint holds: "
-             f"{'yes' if summary['all_constraints_hold'] else 'NO'}", ""]
+    lines = [
+        "# Capacity report",
+        "",
+        f"train accuracy {summary['train_accuracy']:.4f}, test accuracy "
+        f"{summary['test_accuracy']:.4f}, network Lipschitz bound "
+        f"{summary['network_lipschitz']:.4g}, every constraint holds: "
+        f"{'yes' if summary['all_constraints_hold'] else 'NO'}",
+        "",
+    ]
     lines += _error_table(summary, q, test_error)
-    lines += ["## Layers", "",
-              "| layer | kind | Lipschitz bound | Lipschitz | holds | distance bound | distance |"
-              " holds | parameters |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "## Layers",
+        "",
+        "| layer | kind | Lipschitz bound | Lipschitz | holds | distance bound | distance |"
+        " holds | parameters |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         lip_holds, dist_holds = _holds(r)
-        lines.append(f"| {r['name']} | {r['kind']} | {_number(r['lip_constraint'])} | "
-                     f"{_number(r['lipschitz'])} | {lip_holds} | "
-                     f"{_number(r['dist_constraint'])} | "
-                     f"{'-' if r['distance'] is None else _number(r['distance'])} | "
-                     f"{dist_holds} | {r['params']} |")
-    heading = (f"## Complexity bounds at gamma = {gamma:.4g} ({gamma_text})" if gamma
-               else f"## Complexity bounds ({gamma_text}: the margin bounds are inf)")
+        lines.append(
+            f"| {r['name']} | {r['kind']} | {_number(r['lip_constraint'])} | "
+            f"{_number(r['lipschitz'])} | {lip_holds} | "
+            f"{_number(r['dist_constraint'])} | "
+            f"{'-' if r['distance'] is None else _number(r['distance'])} | "
+            f"{dist_holds} | {r['params']} |"
+        )
+    heading = (
+        f"## Complexity bounds at gamma = {gamma:.4g} ({gamma_text})"
+        if gamma
+        else f"## Complexity bounds ({gamma_text}: the margin bounds are inf)"
+    )
     lines += ["", heading, "", "| bound | source | R(gamma) |", "|---|---|---|"]
     lines += [f"| {name} | {SOURCES[name]} | {_number(value)} |" for name, value in values.items()]
-    lines += ["", f"Smallest training margin {q.margin:.4g}; n = {q.n}, ||X|| = "
-              f"{q.data_norm:.4g}, prod s_i = {np.prod(q.lipschitz):.4g}, sum of (2,1) "
-              f"distances = {sum(q.dist21):.4g}, max W_i = {max(q.params)}.", "",
-              "## Certified robustness (l2)", "", "| radius | certified test accuracy |",
-              "|---|---|"]
+    lines += [
+        "",
+        f"Smallest training margin {q.margin:.4g}; n = {q.n}, ||X|| = "
+        f"{q.data_norm:.4g}, prod s_i = {np.prod(q.lipschitz):.4g}, sum of (2,1) "
+        f"distances = {sum(q.dist21):.4g}, max W_i = {max(q.params)}.",
+        "",
+        "## Certified robustness (l2)",
+        "",
+        "| radius | certified test accuracy |",
+        "|---|---|",
+    ]
     lines += [f"| {radius:g} | {share:.4f} |" for radius, share in certified.items()]
-    lines += ["", "![bounds](bounds.png)", "![margins](margins.png)",
-              "![constraints](constraints.png)", ""]
+    lines += [
+        "",
+        "![bounds](bounds.png)",
+        "![margins](margins.png)",
+        "![constraints](constraints.png)",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -277,8 +340,10 @@ def _load_summary(run_dir):
     summary = runs.read_summary(run_dir)
     missing = [key for key in SUMMARY_KEYS if key not in summary]
     if missing:
-        raise runs.RunError(f"{os.path.join(run_dir, runs.SUMMARY_FILE)} lacks {missing}; is it "
-                            "the summary of a finished run of train_main.py?")
+        raise runs.RunError(
+            f"{os.path.join(run_dir, runs.SUMMARY_FILE)} lacks {missing}; is it "
+            "the summary of a finished run of train_main.py?"
+        )
     return summary
 
 
@@ -290,10 +355,12 @@ def _load_final_model(run_dir):
         raise runs.RunError(f"{path} is missing: the report measures the trained model.")
     try:
         return keras.models.load_model(path, compile=False)
-    except Exception as error:  # noqa: BLE001  any unreadable file
-        raise runs.RunError(f"{path} is damaged ({type(error).__name__}: "
-                            f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}); "
-                            "the report needs the trained model.") from None
+    except Exception as error:  # any unreadable file
+        raise runs.RunError(
+            f"{path} is damaged ({type(error).__name__}: "
+            f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}); "
+            "the report needs the trained model."
+        ) from None
 
 
 def _load_data(summary):
@@ -301,13 +368,22 @@ def _load_data(summary):
 
     flags = summary["flags"]
     try:
-        return datasets.load(flags["dataset"], flags.get("data_dir") or None, flags["bs"],
-                             flags["limit_to"], flags["rand"], False, flags["seed"])
+        return datasets.load(
+            flags["dataset"],
+            flags.get("data_dir") or None,
+            flags["bs"],
+            flags["limit_to"],
+            flags["rand"],
+            False,
+            flags["seed"],
+        )
     except (FileNotFoundError, ValueError, KeyError) as error:
         raise runs.RunError(f"the run's data cannot be loaded: {error}") from None
 
 
-def write_report(run_dir, model=None, data=None, quantities=None, gamma=DEFAULT_GAMMA):
+def write_report(
+    run_dir: str, model=None, data=None, quantities=None, gamma: str | float = DEFAULT_GAMMA
+) -> dict:
     """Writes the report of the finished run in ``run_dir``.
 
     ``model``, ``data`` (a :class:`keras_capacity.training.data.Data`) and
@@ -321,20 +397,27 @@ def write_report(run_dir, model=None, data=None, quantities=None, gamma=DEFAULT_
     summary = _load_summary(run_dir)
     model = _load_final_model(run_dir) if model is None else model
     data = _load_data(summary) if data is None else data
-    q = quantities if quantities is not None else \
-        bounds.measure_quantities(model, data.train, num_classes=data.num_classes)
+    q = (
+        quantities
+        if quantities is not None
+        else bounds.measure_quantities(model, data.train, num_classes=data.num_classes)
+    )
     gamma_value, gamma_text = chosen_margin(gamma, q.train_margins)
     rows = summary["layers"]
     test_error = bounds.error_bounds(q)
-    values = bounds.all_bounds(q, gamma_value) if gamma_value else \
-        {name: math.inf for name in bounds.BOUNDS}
-    test_margins = measure.margins(model, data.test)
+    values = (
+        bounds.all_bounds(q, gamma_value)
+        if gamma_value
+        else {name: math.inf for name in bounds.BOUNDS}
+    )
+    test_margins = network.margins(model, data.test)
     certified = certified_accuracy(test_margins, summary["network_lipschitz"])
     quantities_json = {k: v for k, v in q.__dict__.items() if k != "train_margins"}
     report = {
         "test_error": 1 - summary["test_accuracy"],
         "test_error_bounds": {name: bound.as_dict() for name, bound in test_error.items()},
-        "gamma": gamma_value, "gamma_chosen_as": gamma_text,
+        "gamma": gamma_value,
+        "gamma_chosen_as": gamma_text,
         "bounds": {k: (None if not math.isfinite(v) else v) for k, v in values.items()},
         "layers": rows,
         "quantities": quantities_json,
@@ -343,9 +426,10 @@ def write_report(run_dir, model=None, data=None, quantities=None, gamma=DEFAULT_
     _figures(run_dir, rows, q, 1 - summary["test_accuracy"], q.train_margins, test_margins)
     runs.write_atomic(os.path.join(run_dir, "report.json"), json.dumps(report, indent=2) + "\n")
     # Last: its presence marks a complete report.
-    runs.write_atomic(os.path.join(run_dir, runs.REPORT_FILE),
-                      _markdown(summary, rows, q, test_error, gamma_value, gamma_text, values,
-                                certified))
+    runs.write_atomic(
+        os.path.join(run_dir, runs.REPORT_FILE),
+        _markdown(summary, rows, q, test_error, gamma_value, gamma_text, values, certified),
+    )
     return report
 
 
@@ -354,12 +438,17 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="keras-capacity-report",
         description="Write the capacity report (report.md, report.json, figures) of a "
-                    "finished run of train_main.py into its run directory.")
-    parser.add_argument("run_dir", help="the run directory (with summary.json and "
-                                        "model_final.keras)")
-    parser.add_argument("--gamma", default=DEFAULT_GAMMA,
-                        help="the margin of the complexity-bound table: a number > 0, or qP, "
-                             "the P-th percentile of the training margins (default: q10)")
+        "finished run of train_main.py into its run directory.",
+    )
+    parser.add_argument(
+        "run_dir", help="the run directory (with summary.json and model_final.keras)"
+    )
+    parser.add_argument(
+        "--gamma",
+        default=DEFAULT_GAMMA,
+        help="the margin of the complexity-bound table: a number > 0, or qP, "
+        "the P-th percentile of the training margins (default: q10)",
+    )
     arguments = parser.parse_args(argv)
     from keras_capacity.training.cli import quiet_tensorflow
 

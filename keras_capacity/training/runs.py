@@ -70,7 +70,9 @@ def check_writable(run_dir):
             pass
         os.remove(probe)
     except OSError as error:
-        raise RunError(f"--logdir={run_dir!r} is not writable: {error.strerror or error}.") from None
+        raise RunError(
+            f"--logdir={run_dir!r} is not writable: {error.strerror or error}."
+        ) from None
 
 
 def flag_file_text(config):
@@ -138,8 +140,10 @@ def read_summary(run_dir):
     try:
         return read_json(path, "the run's final metrics")
     except RunError as error:
-        raise RunError(f"{error} Delete it and run the same command again to recompute it "
-                       f"from {os.path.join(run_dir, FINAL_MODEL)}.") from None
+        raise RunError(
+            f"{error} Delete it and run the same command again to recompute it "
+            f"from {os.path.join(run_dir, FINAL_MODEL)}."
+        ) from None
 
 
 def write_summary(run_dir, summary):
@@ -153,13 +157,17 @@ class SessionLog:
 
     def __init__(self, run_dir):
         self.path = os.path.join(run_dir, SESSIONS_FILE)
-        self.sessions = read_json(self.path, "the run's training sessions") \
-            if os.path.exists(self.path) else []
+        self.sessions = (
+            read_json(self.path, "the run's training sessions") if os.path.exists(self.path) else []
+        )
         self.current = None
 
     def start(self):
-        self.current = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "epochs": 0,
-                        "train_time_s": 0.0}
+        self.current = {
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "epochs": 0,
+            "train_time_s": 0.0,
+        }
         self.sessions.append(self.current)
 
     def record_epoch(self, seconds):
@@ -173,5 +181,9 @@ class SessionLog:
         trained = [s for s in self.sessions if s["epochs"] > 0]
         epochs = sum(s["epochs"] for s in trained)
         seconds = sum(s["train_time_s"] for s in trained)
-        return {"sessions": len(trained), "epochs": epochs, "train_time_s": seconds,
-                "images_per_s": num_train * epochs / seconds if seconds > 0 else 0.0}
+        return {
+            "sessions": len(trained),
+            "epochs": epochs,
+            "train_time_s": seconds,
+            "images_per_s": num_train * epochs / seconds if seconds > 0 else 0.0,
+        }

@@ -26,15 +26,16 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_capacity import binding, bounds, measure, models
+from keras_capacity import binding, bounds, constraint_values, models, network
 from keras_capacity.training import callbacks, distribute, optimizers, runs
 from keras_capacity.training import data as datasets
-from keras_capacity.training.config import ConfigError
+from keras_capacity.training.config import ConfigError, RunConfig
 
 FINAL_PROJECTION_ROUNDS = 15
 
@@ -62,11 +63,20 @@ def resolve(config):
     distribute.split_cpu(config.cpu_devices)
     strategy = distribute.create_strategy(config.strategy)
     if config.bs % strategy.num_replicas_in_sync:
-        raise ConfigError(f"--bs={config.bs} is not divisible by the "
-                          f"{strategy.num_replicas_in_sync} replicas of --strategy={config.strategy}.")
+        raise ConfigError(
+            f"--bs={config.bs} is not divisible by the "
+            f"{strategy.num_replicas_in_sync} replicas of --strategy={config.strategy}."
+        )
     try:
-        data = datasets.load(config.dataset, config.data_dir, config.bs, config.limit_to,
-                             config.rand, config.augment, config.seed)
+        data = datasets.load(
+            config.dataset,
+            config.data_dir,
+            config.bs,
+            config.limit_to,
+            config.rand,
+            config.augment,
+            config.seed,
+        )
     except (datasets.DataNotFound, FileNotFoundError, ValueError) as error:
         raise ConfigError(f"--dataset={config.dataset}: {error}") from None
     return Setup(strategy, cluster, data)
@@ -77,12 +87,19 @@ def build_model(config, num_classes, image_shape):
     lip, dist = config.lip, config.dist
     if config.n_proj == 0:
         lip = dist = (math.inf,) * 4
-    common = dict(lip=lip, dist=dist, mode=config.proj_mode, n_iter=max(config.n_proj, 1),
-                  every=config.proj_freq, input_shape=image_shape)
+    common = dict(
+        lip=lip,
+        dist=dist,
+        mode=config.proj_mode,
+        n_iter=max(config.n_proj, 1),
+        every=config.proj_freq,
+        input_shape=image_shape,
+    )
     if config.arch == "preact_resnet18":
         return models.preact_resnet18(num_classes, batch_norm=config.bn, **common)
-    return models.ARCHITECTURES[config.arch](num_classes, n_channels=config.n_channels,
-                                             simplex=config.simplex, **common)
+    return models.ARCHITECTURES[config.arch](
+        num_classes, n_channels=config.n_channels, simplex=config.simplex, **common
+    )
 
 
 def build_and_bind(config, setup):
@@ -109,9 +126,11 @@ def _restore_weights(model, path):
     model saved at ``path``."""
     try:
         saved = keras.models.load_model(path, compile=False)
-    except Exception as error:  # noqa: BLE001  any unreadable file
-        raise runs.RunError(f"{path} is damaged ({type(error).__name__}: {error}); delete the run "
-                            "directory to train again.") from None
+    except Exception as error:  # any unreadable file
+        raise runs.RunError(
+            f"{path} is damaged ({type(error).__name__}: {error}); delete the run "
+            "directory to train again."
+        ) from None
     model.set_weights(saved.get_weights())
 
 
@@ -119,15 +138,20 @@ def fit(config, setup, model, run_dir, log):
     """Phase 4: trains ``model`` for the epochs the backup has not done.
     Returns the epochs run in this session."""
     log_dir = os.path.join(run_dir, "tensorboard") if setup.chief else None
-    logger = callbacks.CapacityLogger(log_dir, setup.data.train, setup.data.test,
-                                      config.histogram_every)
+    logger = callbacks.CapacityLogger(
+        log_dir, setup.data.train, setup.data.test, config.histogram_every
+    )
     fit_callbacks = [
         callbacks.StopOnNonFiniteLoss(),
         # Kept after fit, so a run killed before its summary resumes at the end.
         callbacks.CheckedBackupAndRestore(
-            distribute.backup_dir(os.path.join(run_dir, runs.BACKUP_DIR), setup.cluster)),
-        keras.callbacks.LearningRateScheduler(callbacks.epoch_schedule(
-            config.schedule_kind, config.lr, config.epochs, config.milestones, config.gamma)),
+            distribute.backup_dir(os.path.join(run_dir, runs.BACKUP_DIR), setup.cluster)
+        ),
+        keras.callbacks.LearningRateScheduler(
+            callbacks.epoch_schedule(
+                config.schedule_kind, config.lr, config.epochs, config.milestones, config.gamma
+            )
+        ),
         keras.callbacks.ProgbarLogger(),  # before the logger: its line follows the bar
         logger,
     ]
@@ -137,16 +161,21 @@ def fit(config, setup, model, run_dir, log):
         if config.save_model:
             fit_callbacks.append(callbacks.PeriodicModelSaver(run_dir, every=10))
     try:
-        history = model.fit(setup.data.train, epochs=config.epochs,
-                            validation_data=setup.data.test, callbacks=fit_callbacks,
-                            shuffle=False,  # the pipeline shuffles
-                            verbose=1 if sys.stdout.isatty() else 2)
+        history = model.fit(
+            setup.data.train,
+            epochs=config.epochs,
+            validation_data=setup.data.test,
+            callbacks=fit_callbacks,
+            shuffle=False,  # the pipeline shuffles
+            verbose=1 if sys.stdout.isatty() else 2,
+        )
     except tf.errors.InvalidArgumentError as error:
         failure = callbacks.lipdist_failure(error)
         if failure is None:
             raise
-        raise runs.RunError(f"{failure} Lower --lr; the backup keeps the last finite "
-                            "epoch.") from None
+        raise runs.RunError(
+            f"{failure} Lower --lr; the backup keeps the last finite epoch."
+        ) from None
     return len(history.epoch)
 
 
@@ -177,14 +206,23 @@ def versions():
     when it runs from a checkout."""
     import keras_capacity
 
-    found = {"keras_capacity": keras_capacity.__version__, "keras": keras.__version__,
-             "tensorflow": tf.__version__, "python": platform.python_version()}
+    found = {
+        "keras_capacity": keras_capacity.__version__,
+        "keras": keras.__version__,
+        "tensorflow": tf.__version__,
+        "python": platform.python_version(),
+    }
     source = os.path.dirname(os.path.abspath(keras_capacity.__file__))
     try:
-        commit = subprocess.run(["git", "-C", source, "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", source, "status", "--porcelain", "--", "."],
-                               capture_output=True, text=True, timeout=10)
+        commit = subprocess.run(
+            ["git", "-C", source, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "-C", source, "status", "--porcelain", "--", "."],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return found
     if commit.returncode == 0:
@@ -202,25 +240,29 @@ def finalize(config, setup, model, log):
     log("evaluating on the training and test data ...")
     train_loss, train_acc = _evaluate(model, setup.data.train)
     test_loss, test_acc = _evaluate(model, setup.data.test)
-    rows = measure.layer_table(model)
-    test_margins = measure.margins(model, setup.data.test)
+    rows = network.layer_table(model)
+    test_margins = network.margins(model, setup.data.test)
     distances = [r["distance"] for r in rows if r["distance"] is not None]
     log("measuring the bounds' quantities ...")
-    quantities = bounds.measure_quantities(model, setup.data.train,
-                                           num_classes=setup.data.num_classes)
+    quantities = bounds.measure_quantities(
+        model, setup.data.train, num_classes=setup.data.num_classes
+    )
     test_error = {name: bound.as_dict() for name, bound in bounds.error_bounds(quantities).items()}
     summary = {
         "flags": {k: _json_number(getattr(config, k)) for k in config.flag_values()},
-        "train_loss": train_loss, "train_accuracy": train_acc,
-        "test_loss": test_loss, "test_accuracy": test_acc,
-        "loss_gap": test_loss - train_loss, "accuracy_gap": train_acc - test_acc,
+        "train_loss": train_loss,
+        "train_accuracy": train_acc,
+        "test_loss": test_loss,
+        "test_accuracy": test_acc,
+        "loss_gap": test_loss - train_loss,
+        "accuracy_gap": train_acc - test_acc,
         "all_constraints_hold": all(r["holds"] for r in rows),
-        "network_lipschitz": measure.network_lipschitz(model, measure.kernel_norms(rows)),
+        "network_lipschitz": network.network_lipschitz(model, network.kernel_norms(rows)),
         "sum_of_distances": float(sum(distances)),
-        "spectral_complexity": measure.spectral_complexity(model, rows),
+        "spectral_complexity": network.spectral_complexity(model, rows),
         "test_margins": callbacks.margins_summary(test_margins),
         "layers": [{k: _json_number(v) for k, v in r.items()} for r in rows],
-        "table": measure.format_table(rows),
+        "table": network.format_table(rows),
         "replicas": setup.replicas,
         "test_error_bounds": test_error,
     }
@@ -234,7 +276,7 @@ def _numeric_hparams(config):
     for name, value in config.flag_values().items():
         field = getattr(config, name)
         if name in ("lip", "dist"):
-            for entry, bound in zip(("first", "inner", "shortcut", "classifier"), field):
+            for entry, bound in zip(constraint_values.ENTRIES, field, strict=True):
                 values[f"{name}/{entry}"] = -1.0 if bound == math.inf else bound
         elif name != "data_dir":
             values[name] = value if isinstance(field, tuple) else field
@@ -245,8 +287,16 @@ def write_hparams(log_dir, config, summary):
     """TensorBoard's HParams entry of the run: its settings and final metrics."""
     from tensorboard.plugins.hparams import api as hparams
 
-    metrics = ("train_accuracy", "test_accuracy", "train_loss", "test_loss", "accuracy_gap",
-               "loss_gap", "network_lipschitz", "sum_of_distances")
+    metrics = (
+        "train_accuracy",
+        "test_accuracy",
+        "train_loss",
+        "test_loss",
+        "accuracy_gap",
+        "loss_gap",
+        "network_lipschitz",
+        "sum_of_distances",
+    )
     with tf.summary.create_file_writer(os.path.join(log_dir, "hparams")).as_default():
         hparams.hparams(_numeric_hparams(config))
         for name in metrics:
@@ -261,9 +311,12 @@ def write_capacity_report(run_dir, model, data, log, quantities=None):
     log("writing the capacity report ...")
     try:
         report.write_report(run_dir, model, data, quantities)
-    except Exception as error:  # noqa: BLE001  the training result must survive
-        print(f"warning: the capacity report failed ({type(error).__name__}: {error}); the "
-              f"run itself is complete. Retry: keras-capacity-report {run_dir}", file=sys.stderr)
+    except Exception as error:  # the training result must survive
+        print(
+            f"warning: the capacity report failed ({type(error).__name__}: {error}); the "
+            f"run itself is complete. Retry: keras-capacity-report {run_dir}",
+            file=sys.stderr,
+        )
     else:
         log(f"capacity report: {os.path.join(run_dir, 'report.md')}")
 
@@ -273,12 +326,17 @@ def _finished_run(run_dir, setup, log):
     summary = runs.read_summary(run_dir)
     for name in (runs.INITIAL_MODEL, runs.FINAL_MODEL):
         if not os.path.exists(os.path.join(run_dir, name)):
-            print(f"warning: {os.path.join(run_dir, name)} is missing from this finished run.",
-                  file=sys.stderr)
+            print(
+                f"warning: {os.path.join(run_dir, name)} is missing from this finished run.",
+                file=sys.stderr,
+            )
     log(f"{run_dir} is a finished run (delete the folder to train again).")
     final = os.path.join(run_dir, runs.FINAL_MODEL)
-    if setup.chief and not os.path.exists(os.path.join(run_dir, runs.REPORT_FILE)) \
-            and os.path.exists(final):
+    if (
+        setup.chief
+        and not os.path.exists(os.path.join(run_dir, runs.REPORT_FILE))
+        and os.path.exists(final)
+    ):
         model = keras.models.load_model(final, compile=False)
         write_capacity_report(run_dir, model, setup.data, log)
     return summary
@@ -289,26 +347,32 @@ def describe(summary, run_dir):
     holds = "yes" if summary["all_constraints_hold"] else "NO"
     bounds_line = []
     if summary.get("test_error_bounds"):
-        name, best = min(summary["test_error_bounds"].items(),
-                         key=lambda item: math.inf if item[1]["value"] is None else item[1]["value"])
+        name, best = min(
+            summary["test_error_bounds"].items(),
+            key=lambda item: math.inf if item[1]["value"] is None else item[1]["value"],
+        )
         value = "inf" if best["value"] is None else f"{best['value']:.4g}"
-        bounds_line = [f"test error {1 - summary['test_accuracy']:.4f}; at most {value} with "
-                       f"probability {1 - best['delta']:g} by the least vacuous bound, {name}"
-                       f"{' (vacuous)' if best['vacuous'] else ''}; see report.md"]
-    return "\n".join([
-        f"\nAfter a final projection ({FINAL_PROJECTION_ROUNDS} rounds):",
-        summary["table"],
-        f"train acc {summary['train_accuracy']:.4f}  test acc {summary['test_accuracy']:.4f}  "
-        f"gap {summary['accuracy_gap']:.4f} | network Lipschitz bound "
-        f"{summary['network_lipschitz']:.4g} | every constraint holds: {holds}",
-        *bounds_line,
-        f"{summary.get('images_per_s', 0):.0f} images/s over {summary.get('epochs', 0)} epochs "
-        f"in {summary.get('sessions', 0)} session(s); summary in "
-        f"{os.path.join(run_dir, runs.SUMMARY_FILE)}",
-    ])
+        bounds_line = [
+            f"test error {1 - summary['test_accuracy']:.4f}; at most {value} with "
+            f"probability {1 - best['delta']:g} by the least vacuous bound, {name}"
+            f"{' (vacuous)' if best['vacuous'] else ''}; see report.md"
+        ]
+    return "\n".join(
+        [
+            f"\nAfter a final projection ({FINAL_PROJECTION_ROUNDS} rounds):",
+            summary["table"],
+            f"train acc {summary['train_accuracy']:.4f}  test acc {summary['test_accuracy']:.4f}  "
+            f"gap {summary['accuracy_gap']:.4f} | network Lipschitz bound "
+            f"{summary['network_lipschitz']:.4g} | every constraint holds: {holds}",
+            *bounds_line,
+            f"{summary.get('images_per_s', 0):.0f} images/s over {summary.get('epochs', 0)} epochs "
+            f"in {summary.get('sessions', 0)} session(s); summary in "
+            f"{os.path.join(run_dir, runs.SUMMARY_FILE)}",
+        ]
+    )
 
 
-def train_and_evaluate(config, run_dir, log=print):
+def train_and_evaluate(config: RunConfig, run_dir: str, log: Callable[[str], None] = print) -> dict:
     """Trains the run ``config`` in ``run_dir`` (or resumes or finishes it)
     and returns its summary (the contents of ``summary.json``).
 
@@ -335,16 +399,19 @@ def train_and_evaluate(config, run_dir, log=print):
     elif os.path.exists(initial):
         _restore_weights(model, initial)  # the run's own K0, whatever the backup holds
     verb = {"new": "Starting", "trained": "Finishing"}.get(state, "Resuming")
-    log(f"{verb} run in {run_dir} ({setup.replicas} replica(s), "
-        f"{setup.data.num_train} training images)")
+    log(
+        f"{verb} run in {run_dir} ({setup.replicas} replica(s), "
+        f"{setup.data.num_train} training images)"
+    )
     if state == "trained":
         _restore_weights(model, os.path.join(run_dir, runs.FINAL_MODEL))
         epochs_run = 0
     else:
         epochs_run = fit(config, setup, model, run_dir, log)
     summary, quantities = finalize(config, setup, model, log)
-    summary.update(epochs_this_session=epochs_run, wall_time_s=time.time() - started,
-                   versions=versions())
+    summary.update(
+        epochs_this_session=epochs_run, wall_time_s=time.time() - started, versions=versions()
+    )
     if setup.chief:
         summary.update(runs.SessionLog(run_dir).totals(setup.data.num_train))
         if state != "trained":

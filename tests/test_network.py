@@ -10,15 +10,16 @@ import numpy as np
 import pytest
 
 import keras_capacity as kc
-from keras_capacity import measure
+from keras_capacity import network
 from tests.conftest import operator_matrix
 from tests.test_fixed_layers import worst_case_ratio
 
 
 def small_residual_model():
     inputs = keras.Input((8, 8, 3))
-    x = keras.layers.Conv2D(4, 3, padding="same", name="stem",
-                            kernel_constraint=kc.LipDist(2.0, 10))(inputs)
+    x = keras.layers.Conv2D(
+        4, 3, padding="same", name="stem", kernel_constraint=kc.LipDist(2.0, 10)
+    )(inputs)
     x = keras.layers.BatchNormalization(name="bn")(x)
     x = keras.layers.ReLU()(x)
     x = keras.layers.MaxPooling2D(3, 2, padding="same")(x)
@@ -39,27 +40,34 @@ def small_residual_model():
 
 def test_network_bound_is_an_upper_bound():
     model = small_residual_model()
-    bound = measure.network_lipschitz(model)
+    bound = network.network_lipschitz(model)
     bn = 1.5 / math.sqrt(0.5 + 1e-3)
     stem, branch = kc.lipschitz(model.get_layer("stem")), kc.lipschitz(model.get_layer("branch"))
     # stem, BN, max-pool 3/2 (2), then shortcut + branch, GAP over 2x2, fc.
     expected = stem * bn * 2 * (math.sqrt(2) + branch) * 0.5 * kc.lipschitz(model.get_layer("fc"))
     assert bound == pytest.approx(expected, rel=1e-9)
-    reused = measure.kernel_norms(measure.layer_table(model))
-    assert measure.network_lipschitz(model, reused) == pytest.approx(bound, rel=1e-12)
-    found = max(worst_case_ratio(lambda v: model(v, training=False), (8, 8, 3), seed=s)
-                for s in range(2))
+    reused = network.kernel_norms(network.layer_table(model))
+    assert network.network_lipschitz(model, reused) == pytest.approx(bound, rel=1e-12)
+    found = max(
+        worst_case_ratio(lambda v: model(v, training=False), (8, 8, 3), seed=s) for s in range(2)
+    )
     assert found <= bound * (1 + 1e-5)
     assert found > 0.05 * bound  # the search is not trivially small
 
 
-@pytest.mark.parametrize("size,pool,stride,padding", [
-    ((8, 8), 3, 2, "same"), ((7, 5), 3, 2, "valid"), ((6, 6), 2, 2, "valid"),
-    ((2, 2), 3, 2, "same"), ((9, 9), 3, 1, "same"),
-])
+@pytest.mark.parametrize(
+    "size,pool,stride,padding",
+    [
+        ((8, 8), 3, 2, "same"),
+        ((7, 5), 3, 2, "valid"),
+        ((6, 6), 2, 2, "valid"),
+        ((2, 2), 3, 2, "same"),
+        ((9, 9), 3, 1, "same"),
+    ],
+)
 def test_max_pool_constant_is_reached_by_one_pixel(size, pool, stride, padding):
     layer = keras.layers.MaxPooling2D(pool, stride, padding=padding)
-    stated = measure.layer_lipschitz(layer, (1, *size, 1))
+    stated = network.layer_lipschitz(layer, (1, *size, 1))
     gains = []
     for i in range(size[0]):
         for j in range(size[1]):
@@ -74,13 +82,14 @@ def test_max_pool_constant_is_reached_by_one_pixel(size, pool, stride, padding):
 def test_average_pool_bound_covers_the_operator_norm(pool, stride, padding):
     layer = keras.layers.AveragePooling2D(pool, stride, padding=padding)
     exact = np.linalg.norm(operator_matrix(layer, (6, 6, 1)), 2)
-    stated = measure.layer_lipschitz(layer, (1, 6, 6, 1))
+    stated = network.layer_lipschitz(layer, (1, 6, 6, 1))
     assert exact <= stated * (1 + 1e-6)
     if pool == stride and padding == "valid":
         assert stated == pytest.approx(exact, rel=1e-6)
     gap = keras.layers.GlobalAveragePooling2D()
-    assert measure.layer_lipschitz(gap, (1, 6, 6, 1)) == pytest.approx(
-        np.linalg.norm(operator_matrix(gap, (6, 6, 1)), 2), rel=1e-6)
+    assert network.layer_lipschitz(gap, (1, 6, 6, 1)) == pytest.approx(
+        np.linalg.norm(operator_matrix(gap, (6, 6, 1)), 2), rel=1e-6
+    )
 
 
 def test_batch_norm_inference_constant():
@@ -90,17 +99,17 @@ def test_batch_norm_inference_constant():
     bn.moving_variance.assign(np.array([0.1, 4.0, 1.0, 0.01, 2.0], np.float32))
     bn.moving_mean.assign(np.random.randn(5).astype(np.float32))
     matrix = operator_matrix(lambda v: bn(v, training=False), (5,))
-    assert measure.layer_lipschitz(bn, (1, 5)) == pytest.approx(np.linalg.norm(matrix, 2), rel=1e-5)
+    assert network.layer_lipschitz(bn, (1, 5)) == pytest.approx(np.linalg.norm(matrix, 2), rel=1e-5)
 
 
 def test_unknown_layers_are_refused():
     inputs = keras.Input((4,))
     outputs = keras.layers.Multiply()([inputs, inputs])
     with pytest.raises(ValueError, match="Multiply"):
-        measure.network_lipschitz(keras.Model(inputs, outputs))
+        network.network_lipschitz(keras.Model(inputs, outputs))
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="mish")])
     with pytest.raises(ValueError, match="mish"):
-        measure.network_lipschitz(model)
+        network.network_lipschitz(model)
 
 
 def test_margins_against_numpy():
@@ -109,44 +118,47 @@ def test_margins_against_numpy():
     y = np.random.randint(0, 5, 37)
     scores = x.astype(np.float64) @ model.layers[0].kernel.numpy() + model.layers[0].bias.numpy()
     expected = [scores[i, y[i]] - np.max(np.delete(scores[i], y[i])) for i in range(37)]
-    np.testing.assert_allclose(measure.margins(model, x, y, batch_size=10), expected, atol=1e-5)
+    np.testing.assert_allclose(network.margins(model, x, y, batch_size=10), expected, atol=1e-5)
     import tensorflow as tf
+
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
-    np.testing.assert_allclose(measure.margins(model, dataset), expected, atol=1e-5)
+    np.testing.assert_allclose(network.margins(model, dataset), expected, atol=1e-5)
     with pytest.raises(ValueError, match="labels must lie"):
-        measure.margins(model, x, y + 5)
+        network.margins(model, x, y + 5)
 
 
 def test_spectral_complexity_against_numpy():
-    model = keras.Sequential([
-        keras.Input((6,)),
-        keras.layers.Dense(8, use_bias=False, kernel_constraint=kc.LipDist(2.0, 5.0)),
-        keras.layers.ReLU(),
-        keras.layers.Dense(4, use_bias=False, kernel_constraint=kc.LipDist(1.0, 5.0)),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(8, use_bias=False, kernel_constraint=kc.LipDist(2.0, 5.0)),
+            keras.layers.ReLU(),
+            keras.layers.Dense(4, use_bias=False, kernel_constraint=kc.LipDist(1.0, 5.0)),
+        ]
+    )
     kc.bind(model)
-    k0 = [l.kernel.numpy().astype(np.float64) for l in model.layers[::2]]
+    k0 = [layer.kernel.numpy().astype(np.float64) for layer in model.layers[::2]]
     for layer in model.layers[::2]:
         layer.kernel.assign(layer.kernel.numpy() + 0.3 * np.random.randn(*layer.kernel.shape))
-    k = [l.kernel.numpy().astype(np.float64) for l in model.layers[::2]]
+    k = [layer.kernel.numpy().astype(np.float64) for layer in model.layers[::2]]
     s = [np.linalg.norm(m, 2) for m in k]
-    b = [np.linalg.norm(m - m0, axis=0).sum() for m, m0 in zip(k, k0)]
-    expected = np.prod(s) * sum((bi / si) ** (2 / 3) for bi, si in zip(b, s)) ** 1.5
-    assert measure.spectral_complexity(model) == pytest.approx(expected, rel=1e-6)
+    b = [np.linalg.norm(m - m0, axis=0).sum() for m, m0 in zip(k, k0, strict=False)]
+    expected = np.prod(s) * sum((bi / si) ** (2 / 3) for bi, si in zip(b, s, strict=False)) ** 1.5
+    assert network.spectral_complexity(model) == pytest.approx(expected, rel=1e-6)
 
 
 def test_table_reports_constraints_and_violations():
     model = small_residual_model()
-    rows = {r["name"]: r for r in measure.layer_table(model)}
+    rows = {r["name"]: r for r in network.layer_table(model)}
     assert set(rows) == {"stem", "bn", "shortcut", "branch", "fc"}
     assert rows["branch"]["input_size"] == "4x4" and rows["branch"]["params"] == 3 * 3 * 4 * 8 + 8
     assert rows["shortcut"]["lipschitz"] == pytest.approx(math.sqrt(2))
     assert all(r["holds"] for r in rows.values())
     fc = model.get_layer("fc")
     fc.kernel.assign(3 * fc.kernel.numpy())
-    rows = {r["name"]: r for r in measure.layer_table(model)}
+    rows = {r["name"]: r for r in network.layer_table(model)}
     assert not rows["fc"]["holds"] and rows["fc"]["lipschitz"] > 1.0
-    text = measure.format_table(measure.layer_table(model))
+    text = network.format_table(network.layer_table(model))
     assert "NO" in text and "branch" in text
 
 
@@ -163,8 +175,12 @@ def functional_model():
 def test_constrain_a_functional_model():
     original = functional_model()
     with pytest.warns(UserWarning, match=r"norm \(BatchNormalization\)"):
-        model = kc.constrain(original, lip=50.0, dist=100.0,
-                             overrides={"head": {"dist": 2.0}, keras.layers.Conv2D: {"lip": 40.0}})
+        model = kc.constrain(
+            original,
+            lip=50.0,
+            dist=100.0,
+            overrides={"head": {"dist": 2.0}, keras.layers.Conv2D: {"lip": 40.0}},
+        )
     found = {layer.name: c for layer, c in kc.binding.constrained_layers(model)}
     assert set(found) == {"conv_a", "conv_b", "head"}
     assert (found["conv_a"].lip, found["conv_a"].dist) == (40.0, 100.0)
@@ -176,15 +192,14 @@ def test_constrain_a_functional_model():
     assert not original.get_layer("head").kernel_constraint
     model.compile("adam", "mse")
     model.fit(x, np.random.randn(8, 4), epochs=3, verbose=0)
-    assert all(r["holds"] for r in measure.layer_table(model))
+    assert all(r["holds"] for r in network.layer_table(model))
     assert kc.distance(model.get_layer("head")) > 0
 
 
 def test_constrain_scales_down_and_refuses_bad_input():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = kc.constrain(functional_model(), lip=0.5,
-                             overrides={"head": None})
+        model = kc.constrain(functional_model(), lip=0.5, overrides={"head": None})
     assert kc.lipschitz(model.get_layer("conv_a")) == pytest.approx(0.5, rel=1e-5)
     assert not model.get_layer("head").kernel_constraint
     with pytest.raises(ValueError, match="no layer named 'nope'"):

@@ -1,8 +1,9 @@
 """Exact or converged spectral norms in float64: the numbers we report.
 
-Training projects with the fast, warm-started subspace iteration of
-:mod:`keras_capacity.operators`. What the library *reports* as a layer's
-Lipschitz constant is computed here, outside the training graph, in float64:
+Training projects with the in-graph estimators of
+:mod:`keras_capacity.lipschitz_estimators`. What the library *reports* as a
+layer's Lipschitz constant is computed here, outside the training graph, in
+float64 (numpy, or Lanczos over the compiled operator):
 
 * Dense: the largest singular value from an SVD (exact).
 * Circular convolution: Sedghi, Gupta & Long (ICLR 2019). The operator is
@@ -21,9 +22,9 @@ import functools
 
 import numpy as np
 import scipy.sparse.linalg
-import tensorflow as tf
+from keras import ops
 
-from keras_capacity import operators
+from keras_capacity import backend, fourier, operators
 
 # Convergence tolerance handed to ARPACK for the eigenvalue of A^T A.
 LANCZOS_TOL = 1e-12
@@ -31,19 +32,12 @@ LANCZOS_TOL = 1e-12
 DENSE_GRAM_LIMIT = 256
 
 
-def _width_dft(kernel, width, dilation, frequencies):
-    """The kernel transformed along the width: ``(kh, len(frequencies), in, out)``."""
-    taps = np.arange(kernel.shape[1]) * dilation
-    phase = np.exp(-2j * np.pi * np.outer(frequencies, taps) / width)
-    return np.einsum("fb,abio->afio", phase, kernel)
+def _phases(offsets, size, frequencies):
+    """``exp(-2 pi i f x / size)`` for every frequency ``f`` and tap offset ``x``."""
+    return np.exp(-2j * np.pi * np.outer(frequencies, offsets) / size)
 
 
-def _height_phases(kernel, height, dilation, rows):
-    taps = np.arange(kernel.shape[0]) * dilation
-    return np.exp(-2j * np.pi * np.outer(rows, taps) / height)
-
-
-def circular_conv_spectral_norm(kernel, input_size, dilation=(1, 1), strides=(1, 1)):
+def circular_conv_spectral_norm(kernel, geometry):
     """Exact ``||A||_2`` of a circular convolution on ``H x W``.
 
     Stride 1: the largest singular value over the per-frequency ``in x out``
@@ -53,25 +47,28 @@ def circular_conv_spectral_norm(kernel, input_size, dilation=(1, 1), strides=(1,
     Stride ``s`` (with ``s`` dividing the input size): subsampling folds the
     ``s_h s_w`` input frequencies ``g + (a H/s_h, b W/s_w)`` onto output
     frequency ``g``, so the operator is block diagonal with blocks
-    ``[M(f_1)^T ... M(f_S)^T] / sqrt(S)`` of size ``out x (in S)``; the
-    padding offset only multiplies each ``M(f)`` by a unit phase, which
-    leaves ``B B^H`` unchanged. Pairs ``g, -g`` are conjugate, so half of
-    the output rows are decomposed. Works one output row at a time.
+    ``[M(f_1)^T ... M(f_S)^T] / sqrt(S)`` of size ``out x (in S)``. The taps
+    sit at :func:`keras_capacity.fourier.tap_positions`. Pairs ``g, -g`` are
+    conjugate, so half of the output rows are decomposed. Works one output
+    row at a time, in numpy (float64 on every Keras backend).
     """
     kernel = np.asarray(kernel, dtype=np.float64)
-    (height, width), (s_h, s_w) = input_size, strides
-    if height % s_h or width % s_w:
-        raise ValueError(f"strides {strides} do not divide the input size {input_size}.")
+    (height, width), (s_h, s_w) = geometry.input_size, geometry.strides
+    if not fourier.strides_divide(geometry):
+        raise ValueError(
+            f"strides {geometry.strides} do not divide the input size {geometry.input_size}."
+        )
+    rows_at, cols_at = fourier.tap_positions(geometry, kernel.shape)
     out_h, out_w = height // s_h, width // s_w
     columns = np.arange(width // 2 + 1) if s_w == 1 else np.arange(width)
-    partial = _width_dft(kernel, width, dilation[1], columns)
+    partial = np.einsum("fb,abio->afio", _phases(cols_at, width, columns), kernel)
     # Conjugate pairs: half the columns over all rows, or (strided width)
     # half the rows over all columns.
     row_count = out_h if s_w == 1 else out_h // 2 + 1
     largest = 0.0
     for row in range(row_count):
         rows = row + np.arange(s_h) * out_h
-        m = np.einsum("ra,afio->rfio", _height_phases(kernel, height, dilation[0], rows), partial)
+        m = np.einsum("ra,afio->rfio", _phases(rows_at, height, rows), partial)
         if s_w > 1:  # (s_h, s_w * out_w, ...) -> (out_w, in * S, out): the folded blocks
             m = m.reshape(s_h, s_w, out_w, *m.shape[2:])
             m = np.moveaxis(m, 2, 0).reshape(out_w, s_h * s_w * kernel.shape[2], kernel.shape[3])
@@ -86,25 +83,28 @@ def circular_conv_spectral_norm(kernel, input_size, dilation=(1, 1), strides=(1,
 
 @functools.lru_cache(maxsize=32)
 def _compiled_gram(geometry, kernel_shape):
-    """``(kernel, vectors) -> A^T A vectors``, traced once per geometry and
+    """``(kernel, vectors) -> A^T A vectors``, compiled once per geometry and
     kernel shape (a model's layers share a few)."""
     shape = geometry.input_shape(kernel_shape)
     size = int(np.prod(shape))
 
-    @tf.function(reduce_retracing=True)
     def gram(kernel, vectors):  # (batch, size)
-        x = tf.reshape(vectors, (-1, *shape[1:]))
+        x = ops.reshape(vectors, (-1, *shape[1:]))
         ax = operators.apply_operator(kernel, x, geometry)
-        return tf.reshape(operators.apply_adjoint(kernel, ax, geometry), (-1, size))
+        return ops.reshape(operators.apply_adjoint(kernel, ax, geometry), (-1, size))
 
-    return gram, size
+    return backend.compile(gram), size
 
 
 def _gram_operator(kernel, geometry):
-    """``v -> A^T A v`` on flat float64 vectors, and the input dimension."""
-    kernel64 = tf.constant(np.asarray(kernel, dtype=np.float64))
+    """``v -> A^T A v`` on flat float64 vectors (numpy), and the input dimension."""
+    kernel64 = ops.convert_to_tensor(np.asarray(kernel, dtype=np.float64))
     gram, size = _compiled_gram(geometry, tuple(kernel64.shape))
-    return (lambda vectors: gram(kernel64, vectors)), size
+    return (
+        lambda vectors: ops.convert_to_numpy(
+            gram(kernel64, ops.convert_to_tensor(vectors, "float64"))
+        )
+    ), size
 
 
 def top_singular(kernel, geometry, k=1, v0=None):
@@ -130,15 +130,15 @@ def top_singular(kernel, geometry, k=1, v0=None):
         return float(s[0]), vectors.reshape(k, *shape)
     gram, size = _gram_operator(kernel, geometry)
     if size <= max(DENSE_GRAM_LIMIT, k + 1):
-        matrix = gram(tf.eye(size, dtype=tf.float64)).numpy()
+        matrix = gram(np.eye(size))
         eigenvalues, eigenvectors = np.linalg.eigh((matrix + matrix.T) / 2)
     else:
         if v0 is None or not np.any(v0):
             v0 = np.random.default_rng(0).standard_normal(size)
         linear_operator = scipy.sparse.linalg.LinearOperator(
             (size, size),
-            matvec=lambda v: gram(v.reshape(1, -1)).numpy().ravel(),
-            matmat=lambda m: gram(m.T).numpy().T,
+            matvec=lambda v: gram(v.reshape(1, -1)).ravel(),
+            matmat=lambda m: gram(m.T).T,
             dtype=np.float64,
         )
         eigenvalues, eigenvectors = scipy.sparse.linalg.eigsh(
@@ -157,9 +157,6 @@ def spectral_norm(kernel, geometry):
     """The layer's Lipschitz constant ``||A||_2``, exact or converged."""
     if geometry.kind == operators.DENSE:
         return float(np.linalg.norm(np.asarray(kernel, np.float64), 2))
-    divides = all(n % s == 0 for n, s in zip(geometry.input_size, geometry.strides))
-    if geometry.padding == "circular" and divides:
-        return circular_conv_spectral_norm(
-            kernel, geometry.input_size, geometry.dilation, geometry.strides
-        )
+    if fourier.is_circular(geometry) and fourier.strides_divide(geometry):
+        return circular_conv_spectral_norm(kernel, geometry)
     return top_singular(kernel, geometry)[0]

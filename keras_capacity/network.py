@@ -17,24 +17,40 @@ import math
 import keras
 import numpy as np
 
-from keras_capacity import binding, constraints, spectral
+from keras_capacity import binding, constraints, exact_norms
 from keras_capacity import layers as capacity_layers
 
 # Largest slope of each activation; softmax's Jacobian has norm <= 1/2, we
 # use 1; gelu and silu overshoot 1 slightly (1.1289, 1.0998).
 ACTIVATION_LIPSCHITZ = {
-    "linear": 1.0, "relu": 1.0, "relu6": 1.0, "leaky_relu": 1.0, "elu": 1.0,
-    "tanh": 1.0, "softplus": 1.0, "softmax": 1.0, "sigmoid": 0.25,
-    "silu": 1.1, "swish": 1.1, "gelu": 1.129,
+    "linear": 1.0,
+    "relu": 1.0,
+    "relu6": 1.0,
+    "leaky_relu": 1.0,
+    "elu": 1.0,
+    "tanh": 1.0,
+    "softplus": 1.0,
+    "softmax": 1.0,
+    "sigmoid": 0.25,
+    "silu": 1.1,
+    "swish": 1.1,
+    "gelu": 1.129,
 }
 
 # Layers that only move, copy or drop coordinates (Dropout is the identity
 # at inference).
 _ONE_LIPSCHITZ = (
-    keras.layers.InputLayer, keras.layers.Flatten, keras.layers.Reshape,
-    keras.layers.Permute, keras.layers.Dropout, keras.layers.SpatialDropout2D,
-    keras.layers.GaussianNoise, keras.layers.ZeroPadding2D, keras.layers.Cropping2D,
-    keras.layers.Identity, keras.layers.GlobalMaxPooling2D,
+    keras.layers.InputLayer,
+    keras.layers.Flatten,
+    keras.layers.Reshape,
+    keras.layers.Permute,
+    keras.layers.Dropout,
+    keras.layers.SpatialDropout2D,
+    keras.layers.GaussianNoise,
+    keras.layers.ZeroPadding2D,
+    keras.layers.Cropping2D,
+    keras.layers.Identity,
+    keras.layers.GlobalMaxPooling2D,
 )
 
 
@@ -67,7 +83,7 @@ def _pool_lipschitz(layer, input_shape, average):
     if layer.data_format != "channels_last":
         raise ValueError(f"{layer.name!r}: only channels_last pooling is supported.")
     worst = 1.0
-    for size, pool, stride in zip(input_shape[1:3], layer.pool_size, layer.strides):
+    for size, pool, stride in zip(input_shape[1:3], layer.pool_size, layer.strides, strict=True):
         start, stop = _windows(size, pool, stride, layer.padding)
         weights = 1.0 / np.maximum(stop - start, 1) if average else np.ones(len(start))
         column = [weights[(start <= j) & (j < stop)].sum() for j in range(size)]
@@ -86,7 +102,7 @@ def batch_norm_lipschitz(layer):
 def _kernel_lipschitz(layer, input_shape):
     """The spectral norm of a Dense or Conv2D kernel's map (bias ignored)."""
     geometry = binding.operator_geometry(layer, input_shape)
-    return spectral.spectral_norm(layer.kernel.numpy(), geometry)
+    return exact_norms.spectral_norm(layer.kernel.numpy(), geometry)
 
 
 def _measured_kernel_norm(layer, input_shape, kernel_norms):
@@ -160,7 +176,7 @@ def kernel_norms(rows):
     return {r["name"]: r["lipschitz"] for r in rows}
 
 
-def network_lipschitz(model, kernel_norms=None):
+def network_lipschitz(model: keras.Model, kernel_norms: dict | None = None) -> float:
     """An upper bound on the l2 Lipschitz constant of ``model``'s map, from
     its layers' constants along its graph (float). ``kernel_norms`` (see
     :func:`kernel_norms`) reuses spectral norms measured for a layer table.
@@ -220,10 +236,16 @@ def constraint_status(lipschitz, lip_bound, distance, dist_bound):
     """``(Lipschitz holds, distance holds)``, each ``None`` where there is no
     constraint (or no ``K0``), to the documented tolerances; 1e-6 absolute
     lets ``dist = 0`` absorb rounding."""
-    lip_ok = None if lip_bound in (None, math.inf) else bool(
-        lipschitz <= lip_bound * (1 + constraints.LIPSCHITZ_TOLERANCE))
-    dist_ok = None if dist_bound in (None, math.inf) or distance is None else bool(
-        distance <= dist_bound * (1 + constraints.DISTANCE_TOLERANCE) + 1e-6)
+    lip_ok = (
+        None
+        if lip_bound in (None, math.inf)
+        else bool(lipschitz <= lip_bound * (1 + constraints.LIPSCHITZ_TOLERANCE))
+    )
+    dist_ok = (
+        None
+        if dist_bound in (None, math.inf) or distance is None
+        else bool(distance <= dist_bound * (1 + constraints.DISTANCE_TOLERANCE) + 1e-6)
+    )
     return lip_ok, dist_ok
 
 
@@ -235,7 +257,7 @@ def own_parameters(layer):
 
 
 def _row(layer):
-    constraint = binding._kernel_lipdist(layer)
+    constraint = binding.kernel_lipdist(layer)
     lip_bound, dist_bound = math.inf, math.inf
     distance = None
     build = layer.get_build_config() if layer.built else None
@@ -260,8 +282,9 @@ def _row(layer):
         "name": layer.name,
         "kind": type(layer).__name__,
         "input_size": _input_size(layer, constraint),
-        "stride": strides[0] if strides else (
-            2 if isinstance(layer, capacity_layers.PoolingShortcut) else None),
+        "stride": strides[0]
+        if strides
+        else (2 if isinstance(layer, capacity_layers.PoolingShortcut) else None),
         "lip_constraint": lip_bound,
         "lipschitz": lipschitz,
         "dist_constraint": dist_bound,
@@ -271,11 +294,15 @@ def _row(layer):
     }
 
 
-_MEASURED = (keras.layers.Dense, keras.layers.Conv2D, keras.layers.BatchNormalization,
-             capacity_layers.PoolingShortcut)
+_MEASURED = (
+    keras.layers.Dense,
+    keras.layers.Conv2D,
+    keras.layers.BatchNormalization,
+    capacity_layers.PoolingShortcut,
+)
 
 
-def layer_table(model):
+def layer_table(model: keras.Model) -> list[dict]:
     """One dict per linear, BatchNorm and shortcut layer of ``model``:
     ``name, kind, input_size, stride, lip_constraint, lipschitz,
     dist_constraint, distance, params, holds``.
@@ -284,8 +311,7 @@ def layer_table(model):
     layer without ``K0``; ``holds`` says whether both constraints hold to
     the documented tolerances.
     """
-    return [_row(layer) for layer in binding._walk_layers(model)
-            if isinstance(layer, _MEASURED)]
+    return [_row(layer) for layer in binding.walk_layers(model) if isinstance(layer, _MEASURED)]
 
 
 def _number(value, digits=4):
@@ -296,21 +322,30 @@ def _number(value, digits=4):
     return f"{value:.{digits}g}"
 
 
-def format_table(rows):
+def format_table(rows: list[dict]) -> str:
     """``rows`` of :func:`layer_table` as an aligned text table."""
-    header = ("layer", "kind", "input", "stride", "lip<=", "lip", "dist<=", "dist",
-              "params", "ok")
+    header = ("layer", "kind", "input", "stride", "lip<=", "lip", "dist<=", "dist", "params", "ok")
     lines = [header] + [
-        (r["name"], r["kind"], r["input_size"], _number(r["stride"]),
-         _number(r["lip_constraint"]), _number(r["lipschitz"]),
-         _number(r["dist_constraint"]), _number(r["distance"]),
-         f"{r['params']:,}", "yes" if r["holds"] else "NO")
+        (
+            r["name"],
+            r["kind"],
+            r["input_size"],
+            _number(r["stride"]),
+            _number(r["lip_constraint"]),
+            _number(r["lipschitz"]),
+            _number(r["dist_constraint"]),
+            _number(r["distance"]),
+            f"{r['params']:,}",
+            "yes" if r["holds"] else "NO",
+        )
         for r in rows
     ]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join(
-        "  ".join(cell.ljust(w) if i < 3 else cell.rjust(w)
-                  for i, (cell, w) in enumerate(zip(line, widths)))
+        "  ".join(
+            cell.ljust(w) if i < 3 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(line, widths, strict=True))
+        )
         for line in lines
     )
 
@@ -336,7 +371,7 @@ def margins_of_scores(scores, labels):
     return own - scores.max(axis=1)
 
 
-def margins(model, data, labels=None, batch_size=256):
+def margins(model: keras.Model, data, labels=None, batch_size: int = 256) -> np.ndarray:
     """``v_y - max_{i != y} v_i`` for every example, as float64 numpy.
 
     ``data`` is an array (with integer ``labels``) or a ``tf.data.Dataset``
@@ -344,14 +379,15 @@ def margins(model, data, labels=None, batch_size=256):
     model in inference mode.
     """
     if labels is not None:
-        data = [(data[i:i + batch_size], labels[i:i + batch_size])
-                for i in range(0, len(data), batch_size)]
-    result = [margins_of_scores(model(inputs, training=False), targets)
-              for inputs, targets in data]
+        data = [
+            (data[i : i + batch_size], labels[i : i + batch_size])
+            for i in range(0, len(data), batch_size)
+        ]
+    result = [margins_of_scores(model(inputs, training=False), targets) for inputs, targets in data]
     return np.concatenate(result) if result else np.zeros(0)
 
 
-def spectral_complexity(model, rows=None):
+def spectral_complexity(model: keras.Model, rows: list[dict] | None = None) -> float:
     """``L * (sum_i (b_i / s_i)^(2/3))^(3/2)`` (Bartlett et al. 2017).
 
     ``s_i`` is layer ``i``'s Lipschitz constant and ``b_i`` its (2,1)
@@ -368,4 +404,4 @@ def spectral_complexity(model, rows=None):
             "gives the distances); call keras_capacity.bind(model)."
         )
     total = sum((r["distance"] / r["lipschitz"]) ** (2 / 3) for r in weighted)
-    return network_lipschitz(model, kernel_norms(rows)) * total ** 1.5
+    return network_lipschitz(model, kernel_norms(rows)) * total**1.5

@@ -44,7 +44,7 @@ def _settings_for(layer, defaults, overrides):
 
 
 def _check_overrides(model, overrides):
-    names = {layer.name for layer in binding._walk_layers(model)}
+    names = {layer.name for layer in binding.walk_layers(model)}
     for key in overrides:
         if isinstance(key, str) and key not in names:
             raise ValueError(f"constrain: the model has no layer named {key!r}.")
@@ -54,8 +54,15 @@ def _check_overrides(model, overrides):
             )
 
 
-def constrain(model, lip=math.inf, dist=math.inf, mode="radial", n_iter=1,
-              every=1, overrides=None):
+def constrain(
+    model: keras.Model,
+    lip: float = math.inf,
+    dist: float = math.inf,
+    mode: str = "radial",
+    n_iter: int = 1,
+    every: int = 1,
+    overrides: dict | None = None,
+) -> keras.Model:
     """A copy of ``model`` with a :class:`LipDist` on every supported kernel.
 
     The copy (``keras.models.clone_model``) has the original weights; every
@@ -110,12 +117,12 @@ def constrain(model, lip=math.inf, dist=math.inf, mode="radial", n_iter=1,
     copy = keras.models.clone_model(model, clone_function=clone, recursive=True)
     copy.set_weights(model.get_weights())
     if replaced:
-        warnings.warn(f"constrain: replaced the kernel constraints of {replaced}.",
-                      stacklevel=2)
+        warnings.warn(f"constrain: replaced the kernel constraints of {replaced}.", stacklevel=2)
     if left_out:
         warnings.warn(
             "constrain: these layers have trainable weights and stay "
-            f"unconstrained: {', '.join(left_out)}.", stacklevel=2,
+            f"unconstrained: {', '.join(left_out)}.",
+            stacklevel=2,
         )
     binding.bind(copy)
     return copy

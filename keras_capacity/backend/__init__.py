@@ -1,0 +1,53 @@
+"""The seam between the numerical core and the Keras backend.
+
+The core (operators, Fourier code, projections, estimators) is written in
+``keras.ops`` wherever an op maps one to one. What ``keras.ops`` lacks lives
+in one small module per backend, with the same functions:
+
+* complex numbers: :func:`complex`, :func:`matmul` (``keras.ops.matmul``
+  turns complex128 into complex64), the 2-D FFTs (:func:`fft2`,
+  :func:`ifft2`, :func:`rfft2`, :func:`irfft2`) over the last two axes;
+* batched Hermitian (complex) eigendecompositions: :func:`eigh`,
+  :func:`eigvalsh`;
+* :func:`stateless_normal`, random numbers from a seed tensor (replicas agree);
+* :func:`assert_finite`, a run-time check that ends training with a message;
+  :func:`eager_value`, a variable's value while a compiled step is traced;
+* :func:`linear_adjoint`, the adjoint of a linear map by reverse-mode
+  differentiation; :func:`compile`, a compiled function;
+* distribution specifics: :func:`inside_compiled_step`,
+  :func:`strategy_scope_of` (the distribution scope a variable lives in).
+
+``keras_capacity.backend.tensorflow`` implements them; the module matching
+``keras.backend.backend()`` is the one imported here.
+"""
+
+import importlib
+
+import keras
+
+_BACKEND = keras.backend.backend()
+SUPPORTED = ("tensorflow",)
+
+if _BACKEND not in SUPPORTED:
+    raise ImportError(
+        f"keras_capacity supports the Keras backends {SUPPORTED}; found KERAS_BACKEND={_BACKEND!r}."
+    )
+
+_module = importlib.import_module(f"keras_capacity.backend.{_BACKEND}")
+
+complex = _module.complex
+complex_dtype = _module.complex_dtype
+matmul = _module.matmul
+fft2 = _module.fft2
+ifft2 = _module.ifft2
+rfft2 = _module.rfft2
+irfft2 = _module.irfft2
+eigh = _module.eigh
+eigvalsh = _module.eigvalsh
+stateless_normal = _module.stateless_normal
+assert_finite = _module.assert_finite
+eager_value = _module.eager_value
+linear_adjoint = _module.linear_adjoint
+compile = _module.compile
+inside_compiled_step = _module.inside_compiled_step
+strategy_scope_of = _module.strategy_scope_of

@@ -1,0 +1,342 @@
+"""The Fourier side of circular convolutions, in one place (SPEC §2-3).
+
+A circular convolution on an ``H x W`` input is block-diagonalized by the
+2-D DFT: at every frequency ``f`` it acts as the ``out x in`` matrix
+``A(f) = sum_p K_p^T e^{i theta_p(f)}`` (``K_p`` the ``in x out`` tap at
+grid offset ``x_p``, :func:`tap_positions`). With strides ``(s_h, s_w)``
+dividing the input (:func:`strides_divide`), subsampling folds the
+``S = s_h s_w`` aliases of each output frequency ``g`` together, and
+``||A||_2^2 = max_g lambda_max(sum_f A(f) A(f)^H) / S`` over the aliases
+``f`` of ``g``. Two ways to the same Gram matrices, whichever decomposes
+the smaller ones (:func:`plan`):
+
+* **output side** (``out <= in S``): ``A(f) A(f)^H`` is the DFT of the
+  kernel's autocorrelation ``C_d = sum_{x_p - x_q = d} K_p^T K_q``, and
+  summing over aliases keeps the offsets ``d`` on the stride lattice, so
+  the folded Gram matrices are a direct DFT over the few tap pairs
+  (:class:`LatticePairs`), at one frequency of every conjugate pair;
+* **input side** (``out > in S``): the FFT of the kernel embedded in its
+  input grid (:func:`embed`) gives every ``A(f)``; each output frequency's
+  ``S`` aliases form one ``(in S) x out`` block (:func:`fold`).
+
+On top of these: the exact spectral norm (:func:`spectral_norm`), and the
+orthogonal projection onto the operator's spectral ball
+(:class:`CircularEmbedding`, by clipping the per-frequency singular values).
+Everything is ``keras.ops`` and :mod:`keras_capacity.backend` (complex FFT,
+Hermitian eigendecompositions), so it runs inside the compiled train step.
+"""
+
+import math
+
+import numpy as np
+from keras import ops
+
+from keras_capacity import backend, operators, projections
+
+# The train step uses the exact norm when (decomposed matrices) x (their
+# side)^3 is at most this: e.g. 128 channels on a 32x32 input (stride 1),
+# about 0.2 s on 2 CPU cores, against minutes for one epoch of such a layer.
+# Beyond it the norm is tracked by subspace iteration instead.
+EXACT_COST_LIMIT = 2**31
+
+
+def tap_positions(geometry, kernel_shape):
+    """Grid offsets ``(rows, cols)`` of the kernel's taps, modulo the grid:
+    tap ``a`` sits at ``d a - p`` (``d`` the dilation, ``p`` the periodic
+    padding before, as :func:`keras_capacity.operators.circular_pad`)."""
+    offsets = []
+    for axis in range(2):
+        size, taps, dilation = (
+            geometry.input_size[axis],
+            kernel_shape[axis],
+            geometry.dilation[axis],
+        )
+        span = dilation * (taps - 1) + 1
+        offsets.append((np.arange(taps) * dilation - (span - 1) // 2) % size)
+    return offsets
+
+
+def strides_divide(geometry):
+    """Whether the strides divide the input size (the folding needs it)."""
+    pairs = zip(geometry.input_size, geometry.strides, strict=True)
+    return all(size % stride == 0 for size, stride in pairs)
+
+
+def plan(geometry, kernel_shape):
+    """``(side, matrices, n)``: which Gram matrices are decomposed, at most
+    how many, and their size."""
+    (height, width), (s_h, s_w) = geometry.input_size, geometry.strides
+    out_h, out_w = height // s_h, width // s_w
+    channels_in, channels_out = int(kernel_shape[2]), int(kernel_shape[3])
+    if channels_out <= channels_in * s_h * s_w:
+        return "output", (out_h * out_w) // 2 + 2, channels_out  # one of each pair f, -f
+    return "input", out_h * out_w, channels_in * s_h * s_w
+
+
+def is_circular(geometry):
+    return geometry.kind == operators.CONV2D and geometry.padding == "circular"
+
+
+def has_exact_norm(geometry, kernel_shape):
+    """Whether :func:`spectral_norm` applies and is cheap enough for the
+    train step (a circular convolution whose strides divide its input,
+    within ``EXACT_COST_LIMIT``)."""
+    if not is_circular(geometry) or not strides_divide(geometry):
+        return False
+    _, matrices, n = plan(geometry, kernel_shape)
+    return matrices * n**3 <= EXACT_COST_LIMIT
+
+
+def _taps(kernel, kernel_shape):
+    kh, kw, channels_in, channels_out = kernel_shape
+    return ops.reshape(kernel, (kh * kw, channels_in, channels_out))
+
+
+class LatticePairs:
+    """The kernel's tap pairs whose offset lies on the stride lattice.
+
+    For taps ``p, q`` at grid offsets ``x_p, x_q``, the pair is kept when
+    ``d = x_p - x_q`` (modulo the grid) is a multiple of the strides; ``d /
+    s`` is then a cell of the ``H/s_h x W/s_w`` output grid. These pairs
+    carry both the folded Gram matrices (:meth:`grams`) and the products of
+    the kernel with a per-frequency matrix (:meth:`multiply`), at one
+    frequency of every conjugate pair ``f, -f`` of the output grid (about
+    half of them; a real kernel's matrices at ``-f`` are the conjugates).
+    The few pairs make a direct DFT (real matrix products) cheaper than
+    scattering onto the grid and transforming it.
+    """
+
+    def __init__(self, geometry, kernel_shape):
+        kh, kw = int(kernel_shape[0]), int(kernel_shape[1])
+        (height, width), (s_h, s_w) = geometry.input_size, geometry.strides
+        out_h, out_w = height // s_h, width // s_w
+        self.kernel_shape = tuple(int(d) for d in kernel_shape)
+        rows, cols = tap_positions(geometry, kernel_shape)
+        tap_rows, tap_cols = np.repeat(rows, kw), np.tile(cols, kh)  # tap t = a * kw + b
+        d_rows = (tap_rows[:, None] - tap_rows[None, :]) % height
+        d_cols = (tap_cols[:, None] - tap_cols[None, :]) % width
+        self.p, self.q = np.nonzero((d_rows % s_h == 0) & (d_cols % s_w == 0))
+        cell_rows, cell_cols = d_rows[self.p, self.q] // s_h, d_cols[self.p, self.q] // s_w
+        # One frequency of every conjugate pair f, -f of the output grid:
+        # the Gram matrices at -f are the conjugates, with the same spectra.
+        freq_rows, freq_cols = np.meshgrid(np.arange(out_h), np.arange(out_w), indexing="ij")
+        freq_rows, freq_cols = freq_rows.ravel(), freq_cols.ravel()
+        flat = freq_rows * out_w + freq_cols
+        conjugate = (-freq_rows % out_h) * out_w + (-freq_cols % out_w)
+        keep = flat <= conjugate
+        freq_rows, freq_cols = freq_rows[keep], freq_cols[keep]
+        # theta[f, pair] = 2 pi <f, d / s> on the output grid.
+        self.theta = (
+            2
+            * np.pi
+            * (
+                freq_rows[:, None] * cell_rows[None, :] / out_h
+                + freq_cols[:, None] * cell_cols[None, :] / out_w
+            )
+        )
+        # A real inverse DFT from these counts every frequency whose
+        # conjugate is another one twice.
+        own_conjugate = (flat == conjugate)[keep]
+        self.inverse_weights = np.where(own_conjugate, 1.0, 2.0)[:, None] / (out_h * out_w)
+
+    def grams(self, kernel):
+        """``sum_f A(f) A(f)^H / S`` over the aliases of every output
+        frequency: the DFT, on the output grid, of the autocorrelation
+        ``sum K_p^T K_q`` at the lattice offsets; ``(frequencies, out, out)``."""
+        taps = _taps(kernel, self.kernel_shape)
+        channels_out = self.kernel_shape[3]
+        products = ops.matmul(
+            ops.transpose(ops.take(taps, self.p, axis=0), (0, 2, 1)), ops.take(taps, self.q, axis=0)
+        )
+        products = ops.reshape(products, (len(self.p), channels_out * channels_out))
+        real = ops.matmul(ops.convert_to_tensor(np.cos(self.theta), kernel.dtype), products)
+        imaginary = ops.matmul(ops.convert_to_tensor(-np.sin(self.theta), kernel.dtype), products)
+        return ops.reshape(backend.complex(real, imaginary), (-1, channels_out, channels_out))
+
+    def multiply(self, kernel, matrices):
+        """The kernel whose every spectrum matrix ``M(f)`` (on its input
+        grid) is replaced by ``M(f) T(f)``, restricted to the kernel's taps.
+
+        ``T`` (``out x out``, periodic on the output grid) is given as
+        ``matrices`` at the frequencies of :meth:`grams` (and is
+        Hermitian-symmetric, ``T(-f)`` the conjugate of ``T(f)``, as a
+        function of those Gram matrices is). In space this is the kernel
+        convolved with ``T``'s inverse DFT, which lives on the stride
+        lattice, so tap ``p`` gets ``sum_q K_q T^(x_q - x_p)`` over the lattice
+        pairs.
+        """
+        channels_out = self.kernel_shape[3]
+        flat = ops.reshape(matrices, (-1, channels_out * channels_out))
+        # T^(-d) = sum_f w_f Re(T(f) e^{-i theta}) for every pair's d.
+        cos = (self.inverse_weights * np.cos(self.theta)).T
+        sin = (self.inverse_weights * np.sin(self.theta)).T
+        spatial = ops.matmul(ops.convert_to_tensor(cos, kernel.dtype), ops.real(flat)) + ops.matmul(
+            ops.convert_to_tensor(sin, kernel.dtype), ops.imag(flat)
+        )
+        spatial = ops.reshape(spatial, (len(self.p), channels_out, channels_out))
+        taps = _taps(kernel, self.kernel_shape)
+        result = ops.segment_sum(
+            ops.matmul(ops.take(taps, self.q, axis=0), spatial),
+            ops.convert_to_tensor(self.p, "int32"),
+            num_segments=taps.shape[0],
+        )
+        return ops.reshape(result, self.kernel_shape)
+
+
+def fold(spectrum, strides):
+    """``(in, out, H, W)`` spectrum -> ``(H/s_h * W/s_w, in S, out)`` blocks:
+    each output frequency's ``S`` aliased ``in x out`` matrices, stacked."""
+    channels_in, channels_out, height, width = spectrum.shape
+    (s_h, s_w), out_h, out_w = strides, height // strides[0], width // strides[1]
+    spectrum = ops.reshape(spectrum, (channels_in, channels_out, s_h, out_h, s_w, out_w))
+    return ops.reshape(
+        ops.transpose(spectrum, (3, 5, 2, 4, 0, 1)),
+        (out_h * out_w, s_h * s_w * channels_in, channels_out),
+    )
+
+
+def unfold(blocks, strides, size):
+    """The inverse of :func:`fold`, back to an ``(in, out, H, W)`` spectrum."""
+    (s_h, s_w), (height, width) = strides, size
+    channels_in, channels_out = blocks.shape[1] // (s_h * s_w), blocks.shape[2]
+    blocks = ops.reshape(blocks, (height // s_h, width // s_w, s_h, s_w, channels_in, channels_out))
+    return ops.reshape(
+        ops.transpose(blocks, (4, 5, 2, 0, 3, 1)), (channels_in, channels_out, height, width)
+    )
+
+
+def embed(kernel, geometry):
+    """The kernel on its ``H x W`` input grid, ``(H, W, in, out)``; taps that
+    wrap onto the same pixel add up, as in the operator."""
+    kh, kw, channels_in, channels_out = kernel.shape
+    height, width = geometry.input_size
+    rows, cols = tap_positions(geometry, kernel.shape)
+    cells = (rows[:, None] * width + cols[None, :]).reshape(-1)
+    grid = ops.segment_sum(
+        _taps(kernel, kernel.shape),
+        ops.convert_to_tensor(cells, "int32"),
+        num_segments=height * width,
+    )
+    return ops.reshape(grid, (height, width, channels_in, channels_out))
+
+
+def _input_grams(kernel, geometry):
+    """The ``(in S) x (in S)`` Gram matrices of the folded blocks, times ``S``."""
+    grid = ops.transpose(embed(kernel, geometry), (2, 3, 0, 1))
+    blocks = fold(backend.fft2(grid), geometry.strides)
+    return backend.matmul(blocks, ops.conj(ops.transpose(blocks, (0, 2, 1))))
+
+
+def spectral_norm(kernel, geometry):
+    """``||A||_2`` of the circular convolution ``geometry`` with ``kernel``,
+    exactly (to the kernel's floating-point precision); a tensor."""
+    if not is_circular(geometry) or not strides_divide(geometry):
+        raise ValueError(
+            f"fourier.spectral_norm needs a circular convolution whose strides "
+            f"divide its input; got {geometry}."
+        )
+    kernel = ops.convert_to_tensor(kernel)
+    side, _, _ = plan(geometry, kernel.shape)
+    if side == "output":
+        grams, scale = LatticePairs(geometry, kernel.shape).grams(kernel), 1.0
+    else:
+        grams, scale = _input_grams(kernel, geometry), 1.0 / math.prod(geometry.strides)
+    largest = ops.max(backend.eigvalsh(grams))
+    return ops.sqrt(ops.maximum(largest * scale, 0.0))
+
+
+def check_embeddable(geometry, kernel_shape, where):
+    """``ValueError`` unless the orthogonal projection applies: a circular
+    convolution whose taps land on distinct pixels of its input grid."""
+    if geometry.kind == operators.DENSE:
+        return
+    if geometry.padding != "circular":
+        raise ValueError(
+            f"{where}: mode='orthogonal' needs the exact spectrum of a periodic "
+            f"convolution, but this Conv2D pads with {geometry.padding!r}. Use "
+            "mode='radial', or keras_capacity.CircularConv2D."
+        )
+    rows, cols = tap_positions(geometry, kernel_shape)
+    if len(set(rows)) < len(rows) or len(set(cols)) < len(cols):
+        raise ValueError(
+            f"{where}: the kernel {tuple(kernel_shape[:2])} (dilation "
+            f"{geometry.dilation}) wraps onto itself on the {geometry.input_size} "
+            "input, so mode='orthogonal' cannot separate its taps. Use a kernel "
+            "that fits the input (as keras_capacity.models do) or mode='radial'."
+        )
+
+
+class CircularEmbedding:
+    """Maps a circular convolution's kernel to and from its input grid, and
+    projects it onto the Lipschitz ball there.
+
+    The ball is that of the layer's own operator, strides included, when
+    the strides divide the input; otherwise that of the stride-1 operator,
+    which lies inside it (subsampling is a contraction).
+    """
+
+    def __init__(self, geometry, kernel_shape):
+        self.size = tuple(geometry.input_size)
+        self.kernel_shape = tuple(kernel_shape)
+        self.geometry = (
+            geometry
+            if strides_divide(geometry)
+            else operators.OperatorGeometry(
+                geometry.kind, geometry.input_size, (1, 1), geometry.dilation, geometry.padding
+            )
+        )
+        rows, cols = tap_positions(geometry, kernel_shape)
+        # Flat grid index of every tap, in the kernel's (kh, kw) order.
+        self.index = (rows[:, None] * self.size[1] + cols[None, :]).reshape(-1)
+        mask = np.zeros(self.size[0] * self.size[1], np.float32)
+        mask[self.index] = 1.0
+        self.mask = mask.reshape(*self.size, 1, 1)
+
+    def embed(self, kernel):
+        return embed(kernel, self.geometry)
+
+    def restrict(self, grid):
+        channels_in, channels_out = self.kernel_shape[2:]
+        flat = ops.reshape(grid, (-1, channels_in, channels_out))
+        return ops.reshape(ops.take(flat, self.index, axis=0), self.kernel_shape)
+
+    def project_support(self, grid):
+        return grid * ops.convert_to_tensor(self.mask, grid.dtype)
+
+    def project_spectral_ball(self, grid, lip):
+        """The nearest grid kernel whose operator has norm ``<= lip``.
+
+        Stride 1: every ``M(f)``'s singular values are clipped at ``lip``
+        (real FFT, half the frequencies). Strides ``s``: the ``S = s_h s_w``
+        aliases of each output frequency form one ``(in S) x out`` block
+        ``X(g)`` (a re-indexing of the spectrum, so distances are kept), the
+        operator's norm is ``max_g ||X(g)||_2 / sqrt(S)``, and each block's
+        singular values are clipped at ``lip sqrt(S)``.
+        """
+        strides = self.geometry.strides
+        spatial_last = ops.transpose(grid, (2, 3, 0, 1))  # (in, out, H, W)
+        if strides == (1, 1):
+            matrices = ops.transpose(backend.rfft2(spatial_last), (2, 3, 0, 1))
+            clipped = ops.transpose(projections.clip_singular_values(matrices, lip), (2, 3, 0, 1))
+            back = backend.irfft2(clipped, self.size)
+        else:
+            blocks = fold(backend.fft2(spatial_last), strides)
+            clipped = projections.clip_singular_values(blocks, lip * np.sqrt(np.prod(strides)))
+            back = ops.real(backend.ifft2(unfold(clipped, strides, self.size)))
+        return ops.transpose(back, (2, 3, 0, 1))
+
+    def project_kernel(self, kernel, lip):
+        """``restrict(project_spectral_ball(embed(kernel)))``.
+
+        Where the output side is the smaller one, without the grid: the
+        Gram matrices come from the kernel's autocorrelation and the
+        clipped kernel from the lattice pairs (:class:`LatticePairs`), so no
+        per-frequency product with the spectrum is formed.
+        """
+        channels_in, channels_out = self.kernel_shape[2:]
+        if channels_out > channels_in * np.prod(self.geometry.strides):
+            return self.restrict(self.project_spectral_ball(self.embed(kernel), lip))
+        pairs = LatticePairs(self.geometry, self.kernel_shape)
+        return pairs.multiply(
+            kernel, projections.singular_value_shrinkage(pairs.grams(kernel), lip)
+        )

@@ -1,0 +1,113 @@
+"""How :class:`keras_capacity.LipDist` finds ``Lip(K)`` for the radial projection.
+
+An estimator is chosen once, when a constraint is bound to its layer
+(:func:`choose`), and has two ways to the number:
+
+* :meth:`~Estimator.in_graph`, inside the compiled train step: a tensor
+  function of the kernel and the estimator's state;
+* :meth:`~Estimator.exact`, when a projection happens now (``project``,
+  a direct call): the converged float64 value of
+  :mod:`keras_capacity.exact_norms`.
+
+Both take and return the estimator's state (a tuple of arrays, kept by
+``LipDist`` in its variables), so they are pure functions.
+
+* :class:`ExactFourier`, for circular convolutions within
+  :data:`keras_capacity.fourier.EXACT_COST_LIMIT`: the exact norm by FFT
+  (:func:`keras_capacity.fourier.spectral_norm`); no state.
+* :class:`TrackedSubspace`, for every other layer: subspace iteration on
+  ``A^T A`` over the top :data:`TRACKED_DIRECTIONS` singular directions,
+  warm-started from the previous step, with a random probe mixed into the
+  weakest direction so that no direction is missed for symmetry reasons.
+"""
+
+import numpy as np
+from keras import ops
+
+from keras_capacity import backend, exact_norms, fourier, operators
+
+# Singular directions tracked by the in-graph subspace iteration; a random
+# probe of weight PROBE_WEIGHT is mixed into the weakest of them at every
+# projection.
+TRACKED_DIRECTIONS = 4
+PROBE_WEIGHT = 0.5
+
+
+class Estimator:
+    """``Lip(K)`` of one layer's operator (its ``geometry``)."""
+
+    state_names = ()
+
+    def __init__(self, geometry, kernel_shape):
+        self.geometry = geometry
+        self.kernel_shape = tuple(int(d) for d in kernel_shape)
+
+    def state_shapes(self):
+        """``{name: shape}`` of the state variables ``LipDist`` keeps."""
+        return {}
+
+    def initial_state(self, kernel):
+        """``(sigma, state)`` for a kernel at bind time (numpy, exact)."""
+        return self.exact(kernel, ())
+
+    def exact(self, kernel, state):
+        """``(sigma, state)``: the converged float64 norm (numpy kernel)."""
+        return exact_norms.spectral_norm(kernel, self.geometry), state
+
+    def in_graph(self, kernel, state, step):
+        """``(sigma, state)`` as tensors, inside the train step."""
+        raise NotImplementedError
+
+
+class ExactFourier(Estimator):
+    """The exact norm of a circular convolution, by FFT, in the graph."""
+
+    def in_graph(self, kernel, state, step):
+        return fourier.spectral_norm(kernel, self.geometry), state
+
+
+class TrackedSubspace(Estimator):
+    """Warm-started subspace iteration over the top singular directions.
+
+    In eager calls the directions are refreshed from the converged float64
+    top singular vectors (:func:`keras_capacity.exact_norms.top_singular`).
+    In the train step the weakest direction is replaced by itself plus a
+    random probe (stateless, seeded by the step count, so replicas agree):
+    the probe keeps every direction present, where a symmetric start (say a
+    constant image under a convolution) would stay in its invariant
+    subspace forever.
+    """
+
+    state_names = ("power_vectors",)
+
+    def _directions(self):
+        size = int(np.prod(self.geometry.input_shape(self.kernel_shape)))
+        return min(TRACKED_DIRECTIONS, size)
+
+    def state_shapes(self):
+        shape = self.geometry.input_shape(self.kernel_shape)[1:]
+        return {"power_vectors": (self._directions(), *shape)}
+
+    def exact(self, kernel, state):
+        start = np.asarray(state[0][0]) if state else None
+        sigma, vectors = exact_norms.top_singular(
+            kernel, self.geometry, k=self._directions(), v0=start
+        )
+        return sigma, (vectors.astype(np.asarray(kernel).dtype),)
+
+    def in_graph(self, kernel, state, step):
+        (block,) = state
+        seed = ops.stack([ops.cast(step, "int32"), ops.convert_to_tensor(7, "int32")])
+        probe = backend.stateless_normal(ops.shape(block[-1:]), seed, block.dtype)
+        weakest = operators.normalized(block[-1:]) + PROBE_WEIGHT * operators.normalized(probe)
+        block = ops.concatenate([block[:-1], weakest], axis=0)
+        sigma, block = operators.subspace_iteration(kernel, block, self.geometry, min_steps=2)
+        return sigma, (block,)
+
+
+def choose(geometry, kernel_shape):
+    """The estimator for a layer acting as ``geometry``: exact by FFT for
+    circular convolutions within the cost limit, tracked otherwise."""
+    if fourier.has_exact_norm(geometry, kernel_shape):
+        return ExactFourier(geometry, kernel_shape)
+    return TrackedSubspace(geometry, kernel_shape)

@@ -1,10 +1,11 @@
-# `make test`: set up a virtual environment (if there is none) and run the suite.
+# `make test`: set up a virtual environment (if there is none), lint, and run the suite.
 # `make demo`: set up and run the main job on the bundled offline data.
+# `make lint`: ruff's linter and formatter check (configured in pyproject.toml).
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo benchmark clean
+.PHONY: test lint demo benchmark clean
 
 $(PYTHON):
 	python3 -m venv $(VENV)
@@ -14,7 +15,11 @@ $(STAMP): $(PYTHON) setup.cfg pyproject.toml
 	$(PYTHON) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+
+test: lint
 	$(PYTHON) -m pytest -q
 
 demo: $(STAMP)

@@ -3,9 +3,32 @@
 
 The constraint keeps state (``K0``, the step count, its estimator's state),
 decides by the step count whether a step projects, and serializes; the
-projections themselves are pure functions (:mod:`keras_capacity.radial`,
-:mod:`keras_capacity.orthogonal`), and ``Lip(K)`` comes from an estimator
-chosen when the constraint is bound (:mod:`keras_capacity.lipschitz_estimators`).
+projections are pure functions (:func:`keras_capacity.radial.project`,
+:func:`keras_capacity.orthogonal.project`), and ``Lip(K)`` for the radial
+one comes from an estimator chosen when the constraint is bound
+(:mod:`keras_capacity.lipschitz_estimators`: exact by FFT for circular
+convolutions, tracked by warm-started subspace iteration otherwise).
+
+**Tolerances.** Every kernel the constraint returns has distance
+``<= dist * (1 + 1e-5)`` (float32 rounding) and Lipschitz constant
+``<= lip * (1 + 1e-3)``: exactly so for projections made now
+(:meth:`LipDist.project`), for circular convolutions and for
+``mode="orthogonal"``; where the estimate is tracked, the train step's bound
+rests on it (``bind`` starts it from the converged top singular vectors).
+An optimizer step that lifts a direction far above the tracked ones makes
+the estimate lag until later projections catch up.
+
+**State.** ``LipDist`` is also a Keras layer (with no trainable weights)
+tracked by the layer it constrains: ``K0``, the step count and the
+estimator's state are saved by ``model.save``, ``save_weights`` and
+``keras.callbacks.BackupAndRestore``, and restored by ``load_model`` and
+``load_weights``, so a loaded model keeps measuring from the original
+``K0``. They appear in ``model.summary()`` as non-trainable parameters.
+
+**Non-finite kernels** (NaN, inf, or values whose squares overflow) end the
+step with an ``InvalidArgumentError`` naming the variable, instead of being
+projected. (XLA drops such run-time checks; under ``jit_compile=True`` the
+NaN reaches the loss instead.)
 """
 
 import math
@@ -17,6 +40,7 @@ from keras import ops
 from keras_capacity import (
     backend,
     constraint_values,
+    exact_norms,
     fourier,
     lipschitz_estimators,
     operators,
@@ -41,70 +65,34 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
     """Constrains a kernel's Lipschitz constant and its distance to ``K0``.
 
     Use it as the ``kernel_constraint`` of ``keras.layers.Dense``,
-    ``keras.layers.Conv2D`` (``"same"``/``"valid"`` padding, any strides or
-    dilation) or :class:`keras_capacity.CircularConv2D`, then call
+    ``keras.layers.Conv2D`` (any padding, strides or dilation) or
+    :class:`keras_capacity.CircularConv2D`, then call
     :func:`keras_capacity.bind` once the model is built:
 
     >>> layer = keras.layers.Dense(10, kernel_constraint=LipDist(0.6, 50))
     >>> model = keras.Sequential([keras.Input((20,)), layer])
     >>> keras_capacity.bind(model)
 
-    After every optimizer step (every ``every``-th step) the kernel ``K`` is
-    projected onto ``{K : Lip(K) <= lip, ||K - K0||_{2,1} <= dist}``, where
-    ``Lip(K)`` is the operator norm of the map the layer computes on its
-    actual input (for a convolution: on its ``H x W`` input, with its
-    padding, strides and dilation):
+    After every ``every``-th optimizer step the kernel ``K`` is projected onto
+    ``{K : Lip(K) <= lip, ||K - K0||_{2,1} <= dist}``, ``Lip(K)`` being the
+    operator norm of the map the layer computes on its actual input (for a
+    convolution: its ``H x W`` input, padding, strides and dilation).
+    ``K0`` is the kernel at :func:`keras_capacity.bind` time, scaled down to
+    ``lip`` if it was above. ``inf`` (or ``None``) switches a bound off;
+    ``dist=0`` freezes the kernel at ``K0``.
 
-    * ``mode="radial"`` (:func:`keras_capacity.radial.project`): ``n_iter``
-      rounds of the exact Euclidean projection onto the distance ball
-      (group soft-thresholding) and ``K * lip / Lip(K)`` when above, then a
-      feasibility step along the segment toward ``K0``. In the train step
-      ``Lip(K)`` is exact for a ``CircularConv2D`` (by FFT) and tracked by
-      warm-started subspace iteration otherwise; see
-      :mod:`keras_capacity.lipschitz_estimators`.
-    * ``mode="orthogonal"`` (:func:`keras_capacity.orthogonal.project`): the
-      nearest kernel, by singular-value clipping (Dense) or per-frequency
-      clipping (``CircularConv2D``; a zero-padded ``Conv2D`` is refused at
-      ``bind``), with the distance ball by ``n_iter`` rounds of Dykstra's
-      algorithm, then a feasibility step with the exact in-graph spectrum.
-
-    **Two ways to project.** Keras calls the constraint after each optimizer
-    step inside the compiled train step: there it counts steps, projects on
-    every ``every``-th, and uses the in-graph estimate. :meth:`project`
-    (and :func:`keras_capacity.project`, or a direct call outside the train
-    step) projects now, exactly: ``Lip(K)`` is the converged float64 value.
-
-    **Tolerances.** Every kernel the constraint returns has distance
-    ``<= dist * (1 + 1e-5)`` (float32 rounding) and Lipschitz constant
-    ``<= lip * (1 + 1e-3)``: exactly so for :meth:`project`, for circular
-    convolutions and for ``mode="orthogonal"``; where the estimate is
-    tracked, the train step's bound rests on it (it iterates until the Ritz
-    values change by less than 1e-5, and ``bind`` starts it from the
-    converged top singular vectors). An optimizer step that lifts a
-    direction far above the tracked ones makes the estimate lag until later
-    projections catch up.
-
-    ``K0`` is the kernel at :func:`keras_capacity.bind` time, after it was
-    scaled down to ``lip`` if it exceeded it. ``lip=inf`` or ``dist=inf``
-    switches a constraint off; ``dist=0`` freezes the kernel at ``K0``.
-
-    **State.** ``LipDist`` is also a Keras layer (with no trainable
-    weights), tracked by the layer it constrains: ``K0``, the step count and
-    the tracked singular directions (where the estimate is tracked) are
-    saved by ``model.save``, ``save_weights`` and
-    ``keras.callbacks.BackupAndRestore``, and restored by ``load_model`` and
-    ``load_weights``; a loaded model keeps measuring from the original
-    ``K0``. They appear in ``model.summary()`` as non-trainable parameters.
-
-    **Non-finite kernels** (NaN, inf, or values whose squares overflow) end
-    the step with an ``InvalidArgumentError`` naming the variable, instead
-    of projecting them. (XLA drops such run-time checks; under
-    ``jit_compile=True`` the NaN reaches the loss instead.)
+    **Two ways to project.** Inside the compiled train step Keras calls the
+    constraint after each optimizer step: it counts steps and projects on
+    every ``every``-th with the in-graph estimate. :meth:`project` (and
+    :func:`keras_capacity.project`, or a call outside the train step)
+    projects now, exactly, with the converged float64 ``Lip(K)``.
 
     Args:
-        lip: the Lipschitz bound, ``> 0``; ``inf`` or ``None`` for none.
-        dist: the (2,1) distance bound, ``>= 0``; ``inf`` or ``None`` for none.
-        mode: ``"radial"`` or ``"orthogonal"``.
+        lip: the Lipschitz bound, ``> 0``.
+        dist: the (2,1) distance bound, ``>= 0``.
+        mode: ``"radial"`` (rescale ``K``) or ``"orthogonal"`` (the nearest
+            kernel: singular-value clipping for Dense, per-frequency clipping
+            for ``CircularConv2D``; refused at ``bind`` for zero padding).
         n_iter: alternating rounds per projection (with both constraints).
         every: project on every ``every``-th optimizer step of the train step.
     """
@@ -202,13 +190,12 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
             return
         kernel = ops.convert_to_numpy(kernel_variable)
         if self.has_lipschitz:
-            if self.estimator is not None:
-                sigma, state = self.estimator.initial_state(kernel)
-                self._store(state)
+            if self.estimator is None:
+                sigma = exact_norms.spectral_norm(kernel, self.geometry)
             else:
-                sigma = lipschitz_estimators.Estimator(self.geometry, self.kernel_shape).exact(
-                    kernel, ()
-                )[0]
+                sigma, state = self.estimator.exact(kernel, ())
+                sigma = float(sigma)
+                self._store(state)
             if sigma > self.lip:
                 kernel = (kernel * (self.lip / sigma)).astype(kernel.dtype)
                 kernel_variable.assign(kernel)
@@ -252,7 +239,8 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
     # ------------------------------------------------------------- projection
 
     def _projected(self, kernel, state, n_iter, lipschitz):
-        """``(projected kernel, estimator state)``; pure."""
+        """``(projected kernel, estimator state)``, with ``Lip(K)`` from
+        ``lipschitz(kernel, state) -> (sigma, state)``; pure."""
         k0 = ops.convert_to_tensor(self.initial_kernel)
         if self.dist == 0:
             return k0, state
@@ -267,11 +255,8 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
         kernel = self._checked(kernel)
         n_iter = self.n_iter if n_iter is None else _positive_int("n_iter", n_iter)
 
-        def exact(value, state):
-            sigma, state = self.estimator.exact(ops.convert_to_numpy(value), state)
-            return ops.convert_to_tensor(sigma, value.dtype), state
-
         state = tuple(ops.convert_to_numpy(v) for v in self.estimator_state)
+        exact = self.estimator.exact if self.estimator else None
         kernel, state = self._projected(kernel, state, n_iter, exact)
         self._store(state)
         return kernel
@@ -284,11 +269,9 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
         step = ops.convert_to_tensor(self.steps)
         state = tuple(ops.convert_to_tensor(v) for v in self.estimator_state)
 
-        def in_graph(value, state):
-            return self.estimator.in_graph(value, state, step)
-
         def projected():
-            return self._projected(self._checked(w), state, self.n_iter, in_graph)
+            estimate = lambda value, state: self.estimator.in_graph(value, state, step)  # noqa: E731
+            return self._projected(self._checked(w), state, self.n_iter, estimate)
 
         if self.every == 1:
             kernel, state = projected()

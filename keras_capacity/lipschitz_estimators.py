@@ -46,13 +46,11 @@ class Estimator:
         """``{name: shape}`` of the state variables ``LipDist`` keeps."""
         return {}
 
-    def initial_state(self, kernel):
-        """``(sigma, state)`` for a kernel at bind time (numpy, exact)."""
-        return self.exact(kernel, ())
-
     def exact(self, kernel, state):
-        """``(sigma, state)``: the converged float64 norm (numpy kernel)."""
-        return exact_norms.spectral_norm(kernel, self.geometry), state
+        """``(sigma, state)``: the converged float64 norm, as a tensor of the
+        kernel's dtype."""
+        sigma = exact_norms.spectral_norm(ops.convert_to_numpy(kernel), self.geometry)
+        return ops.convert_to_tensor(sigma, kernel.dtype), state
 
     def in_graph(self, kernel, state, step):
         """``(sigma, state)`` as tensors, inside the train step."""
@@ -90,10 +88,11 @@ class TrackedSubspace(Estimator):
 
     def exact(self, kernel, state):
         start = np.asarray(state[0][0]) if state else None
+        kernel = ops.convert_to_numpy(kernel)
         sigma, vectors = exact_norms.top_singular(
             kernel, self.geometry, k=self._directions(), v0=start
         )
-        return sigma, (vectors.astype(np.asarray(kernel).dtype),)
+        return ops.convert_to_tensor(sigma, kernel.dtype), (vectors.astype(kernel.dtype),)
 
     def in_graph(self, kernel, state, step):
         (block,) = state

@@ -12,25 +12,35 @@ An estimator is chosen once, when a constraint is bound to its layer
 Both take and return the estimator's state (a tuple of arrays, kept by
 ``LipDist`` in its variables), so they are pure functions.
 
+* :class:`ExactDense`, for Dense kernels whose smaller side is at most
+  :data:`EXACT_DENSE_LIMIT`: the largest singular value from the
+  eigenvalues of the smaller Gram matrix; no state.
 * :class:`ExactFourier`, for circular convolutions within
   :data:`keras_capacity.fourier.EXACT_COST_LIMIT`: the exact norm by FFT
   (:func:`keras_capacity.fourier.spectral_norm`); no state.
-* :class:`TrackedSubspace`, for every other layer: subspace iteration on
-  ``A^T A`` over the top :data:`TRACKED_DIRECTIONS` singular directions,
-  warm-started from the previous step, with a random probe mixed into the
-  weakest direction so that no direction is missed for symmetry reasons.
+* :class:`TrackedSubspace`, for every other layer (zero-padded
+  convolutions above all): subspace iteration on ``A^T A`` over the top
+  :data:`TRACKED_DIRECTIONS` singular directions, warm-started from the
+  previous step, with a random probe mixed into the weakest direction so
+  that no direction is missed for symmetry reasons. Warm, it takes one
+  step per projection; eight directions follow the top one through the
+  clustered spectra of kernels held at their bound even when every
+  optimizer step moves it (four did not: benchmarks/RESULTS.md).
 """
 
 import numpy as np
 from keras import ops
 
-from keras_capacity import backend, exact_norms, fourier, operators
+from keras_capacity import backend, exact_norms, fourier, operators, projections
 
 # Singular directions tracked by the in-graph subspace iteration; a random
 # probe of weight PROBE_WEIGHT is mixed into the weakest of them at every
 # projection.
-TRACKED_DIRECTIONS = 4
+TRACKED_DIRECTIONS = 8
 PROBE_WEIGHT = 0.5
+# Dense kernels up to this smaller side get the exact norm in the train
+# step (one symmetric eigenvalue problem of that size).
+EXACT_DENSE_LIMIT = 512
 
 
 class Estimator:
@@ -55,6 +65,14 @@ class Estimator:
     def in_graph(self, kernel, state, step):
         """``(sigma, state)`` as tensors, inside the train step."""
         raise NotImplementedError
+
+
+class ExactDense(Estimator):
+    """The exact spectral norm of a Dense kernel, in the graph: the largest
+    eigenvalue of its smaller Gram matrix."""
+
+    def in_graph(self, kernel, state, step):
+        return projections.largest_singular_value(kernel), state
 
 
 class ExactFourier(Estimator):
@@ -100,13 +118,16 @@ class TrackedSubspace(Estimator):
         probe = backend.stateless_normal(ops.shape(block[-1:]), seed, block.dtype)
         weakest = operators.normalized(block[-1:]) + PROBE_WEIGHT * operators.normalized(probe)
         block = ops.concatenate([block[:-1], weakest], axis=0)
-        sigma, block = operators.subspace_iteration(kernel, block, self.geometry, min_steps=2)
+        sigma, block = operators.subspace_iteration(kernel, block, self.geometry)
         return sigma, (block,)
 
 
 def choose(geometry, kernel_shape):
-    """The estimator for a layer acting as ``geometry``: exact by FFT for
-    circular convolutions within the cost limit, tracked otherwise."""
+    """The estimator for a layer acting as ``geometry``: exact for Dense
+    kernels and circular convolutions within their cost limits, tracked
+    otherwise."""
+    if geometry.kind == operators.DENSE and min(kernel_shape) <= EXACT_DENSE_LIMIT:
+        return ExactDense(geometry, kernel_shape)
     if fourier.has_exact_norm(geometry, kernel_shape):
         return ExactFourier(geometry, kernel_shape)
     return TrackedSubspace(geometry, kernel_shape)

@@ -1,6 +1,8 @@
-"""Images per second of `model.fit` for simple_convnet6, measured in one run.
+"""Images per second of `model.fit`, constrained against unconstrained, in one run.
 
-    python benchmarks/train_throughput.py [--images 4992] [--epochs 12]
+    python benchmarks/train_throughput.py [--images 4992] [--epochs 12] [--resnet_rounds 3]
+
+Part 1, simple_convnet6:
 
 simple_convnet6 with 64 channels, batch 128, on CIFAR-shaped data (the
 bundled shapes10 images through `keras_capacity.training.data.load`, the training
@@ -19,6 +21,17 @@ to the unconstrained model fed by the pipeline. The two unconstrained
 models run identical steps, so their median step times are compared too
 (robust to the machine's pauses), and the pipeline's own time per batch is
 measured by draining it in a compiled loop with no model.
+
+Part 2, preact_resnet18 (the training program's default run): batch 64,
+random CIFAR-shaped data, the reference's settings (lip 2.0,0.8,1.4,1.0,
+dist 90 on all four entries: a constrained Dense head, proj_freq 15)
+with the orthogonal and the radial projection, against unconstrained;
+the three take turns for ``--resnet_rounds`` rounds of 30 steps (two
+projections each). Printed with it: the decompositions alone, the floor
+that an exact projection of the whole model cannot go below with
+TensorFlow's solvers (every layer's Gram matrices, eigenvectors for the
+orthogonal projection, eigenvalues for the radial one, in one compiled
+call), and the ratio that floor alone would allow.
 """
 
 import argparse
@@ -33,10 +46,12 @@ import tensorflow as tf
 from step_timer import StepTimer  # benchmarks/, the script's folder
 
 import keras_capacity as kc
-from keras_capacity import models
+from keras_capacity import backend, fourier, models, projections
 from keras_capacity.training import data
 
 BATCH = 128
+RESNET_BATCH, RESNET_STEPS = 64, 30
+REFERENCE = dict(lip=(2.0, 0.8, 1.4, 1.0), dist=(90, 90, 90, 90), n_iter=1, every=15)
 
 
 def build(**constraints):
@@ -50,19 +65,90 @@ def build(**constraints):
     return model
 
 
+def resnet(mode=None):
+    keras.utils.set_random_seed(0)
+    settings = {**REFERENCE, "mode": mode} if mode else {}
+    model = models.preact_resnet18(10, **settings)
+    kc.bind(model)
+    model.compile(
+        keras.optimizers.SGD(0.003, momentum=0.9),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
+def decomposition_floor(model, vectors, repeats=5):
+    """Median seconds of every constrained layer's Gram matrices'
+    decompositions alone (``eigh`` with ``vectors``, else ``eigvalsh``),
+    in one compiled call, as a projection of the whole model needs them."""
+    grams = []
+    for layer, constraint in kc.binding.constrained_layers(model):
+        kernel = tf.constant(layer.kernel.numpy())
+        if constraint.geometry.kind == "dense":
+            grams.append(projections.gram_side(kernel)[0])
+        else:
+            grams += fourier.gram_matrices(kernel, constraint.geometry)[0]
+    grams = [g for g in grams if g is not None]
+    solve = backend.eigh if vectors else backend.eigvalsh
+    decompose = tf.function(lambda *matrices: [solve(m) for m in matrices])
+    decompose(*grams)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        [tf.nest.map_structure(lambda t: t.numpy(), r) for r in decompose(*grams)]
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def resnet_ratios(rounds):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((RESNET_BATCH * RESNET_STEPS, 32, 32, 3)).astype("float32")
+    y = rng.integers(0, 10, len(x))
+    runs = {
+        "unconstrained": resnet(),
+        "orthogonal": resnet("orthogonal"),
+        "radial": resnet("radial"),
+    }
+    for model in runs.values():  # tracing, and the step counters to a period's start
+        model.fit(x, y, batch_size=RESNET_BATCH, epochs=1, verbose=0)
+    timers = {name: StepTimer() for name in runs}
+    for turn in range(rounds):
+        for name in list(runs) if turn % 2 == 0 else list(reversed(runs)):
+            runs[name].fit(
+                x, y, batch_size=RESNET_BATCH, epochs=1, verbose=0, callbacks=[timers[name]]
+            )
+    step = {name: float(np.mean(timer.times)) for name, timer in timers.items()}
+    base = step["unconstrained"]
+    print(f"preact_resnet18, batch {RESNET_BATCH}, reference settings, proj_freq 15:")
+    for name in runs:
+        print(
+            f"  {name:14s} {RESNET_BATCH / step[name]:7.1f} images/s  ratio {base / step[name]:.3f}"
+        )
+    for mode, vectors in (("orthogonal", True), ("radial", False)):
+        floor = decomposition_floor(runs[mode], vectors)
+        spent = (step[mode] - base) * REFERENCE["every"]
+        allowed = REFERENCE["every"] * base / (REFERENCE["every"] * base + floor)
+        print(
+            f"  {mode}: one projection of the model costs {1000 * spent:.0f} ms in the train "
+            f"step; its decompositions alone {1000 * floor:.0f} ms, which alone would allow "
+            f"a ratio of at most {allowed:.3f}"
+        )
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=39 * BATCH)  # whole batches
     parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--resnet_rounds", type=int, default=3)
     args = parser.parse_args()
+    if args.resnet_rounds:
+        resnet_ratios(args.resnet_rounds)
     pipeline = data.load("shapes10", batch_size=BATCH, limit_to=args.images).train
     batches = list(pipeline)
     in_memory = tf.data.Dataset.from_tensor_slices(
         (tf.stack([x for x, _ in batches]), tf.stack([y for _, y in batches]))
     )
-    reference = dict(
-        lip=(2.0, 0.8, 1.4, 1.0), dist=(90, 90, 90, 90), mode="radial", n_iter=1, every=15
-    )
+    reference = {**REFERENCE, "mode": "radial"}
     runs = {
         "unconstrained, pipeline": (build(), pipeline),
         "reference settings (radial, proj_freq 15), pipeline": (build(**reference), pipeline),

@@ -126,7 +126,7 @@ class LatticePairs:
         keep = flat <= conjugate
         freq_rows, freq_cols = freq_rows[keep], freq_cols[keep]
         # theta[f, pair] = 2 pi <f, d / s> on the output grid.
-        self.theta = (
+        theta = (
             2
             * np.pi
             * (
@@ -137,28 +137,45 @@ class LatticePairs:
         # A real inverse DFT from these counts every frequency whose
         # conjugate is another one twice.
         own_conjugate = (flat == conjugate)[keep]
-        self.inverse_weights = np.where(own_conjugate, 1.0, 2.0)[:, None] / (out_h * out_w)
+        weights = np.where(own_conjugate, 1.0, 2.0)[:, None] / (out_h * out_w)
+        # The frequencies that are their own conjugates (2 f = 0 on the grid)
+        # have real Gram matrices: they are decomposed in real arithmetic.
+        self.theta_real, self.theta_complex = theta[own_conjugate], theta[~own_conjugate]
+        self.weights_real, self.weights_complex = weights[own_conjugate], weights[~own_conjugate]
 
     def grams(self, kernel):
         """``sum_f A(f) A(f)^H / S`` over the aliases of every output
         frequency: the DFT, on the output grid, of the autocorrelation
-        ``sum K_p^T K_q`` at the lattice offsets; ``(frequencies, out, out)``."""
+        ``sum K_p^T K_q`` at the lattice offsets, as ``(real, complex)``
+        batches ``(frequencies, out, out)``: the frequencies that are their
+        own conjugates give real matrices (``None`` where there are none)."""
         taps = _taps(kernel, self.kernel_shape)
         channels_out = self.kernel_shape[3]
         products = ops.matmul(
             ops.transpose(ops.take(taps, self.p, axis=0), (0, 2, 1)), ops.take(taps, self.q, axis=0)
         )
         products = ops.reshape(products, (len(self.p), channels_out * channels_out))
-        real = ops.matmul(ops.convert_to_tensor(np.cos(self.theta), kernel.dtype), products)
-        imaginary = ops.matmul(ops.convert_to_tensor(-np.sin(self.theta), kernel.dtype), products)
-        return ops.reshape(backend.complex(real, imaginary), (-1, channels_out, channels_out))
+        shape = (-1, channels_out, channels_out)
 
-    def multiply(self, kernel, matrices):
+        def dft(phase):
+            return ops.reshape(
+                ops.matmul(ops.convert_to_tensor(phase, kernel.dtype), products), shape
+            )
+
+        real = dft(np.cos(self.theta_real)) if len(self.theta_real) else None
+        other = None
+        if len(self.theta_complex):
+            other = backend.complex(
+                dft(np.cos(self.theta_complex)), dft(-np.sin(self.theta_complex))
+            )
+        return real, other
+
+    def multiply(self, kernel, real, other):
         """The kernel whose every spectrum matrix ``M(f)`` (on its input
         grid) is replaced by ``M(f) T(f)``, restricted to the kernel's taps.
 
         ``T`` (``out x out``, periodic on the output grid) is given as
-        ``matrices`` at the frequencies of :meth:`grams` (and is
+        ``real, other`` at the frequencies of :meth:`grams` (and is
         Hermitian-symmetric, ``T(-f)`` the conjugate of ``T(f)``, as a
         function of those Gram matrices is). In space this is the kernel
         convolved with ``T``'s inverse DFT, which lives on the stride
@@ -166,14 +183,19 @@ class LatticePairs:
         pairs.
         """
         channels_out = self.kernel_shape[3]
-        flat = ops.reshape(matrices, (-1, channels_out * channels_out))
-        # T^(-d) = sum_f w_f Re(T(f) e^{-i theta}) for every pair's d.
-        cos = (self.inverse_weights * np.cos(self.theta)).T
-        sin = (self.inverse_weights * np.sin(self.theta)).T
-        spatial = ops.matmul(ops.convert_to_tensor(cos, kernel.dtype), ops.real(flat)) + ops.matmul(
-            ops.convert_to_tensor(sin, kernel.dtype), ops.imag(flat)
-        )
-        spatial = ops.reshape(spatial, (len(self.p), channels_out, channels_out))
+
+        def inverse(weights, theta, part, trig):
+            # T^(-d) = sum_f w_f Re(T(f) e^{-i theta}) for every pair's d.
+            flat = ops.reshape(part, (-1, channels_out * channels_out))
+            return ops.matmul(ops.convert_to_tensor((weights * trig(theta)).T, kernel.dtype), flat)
+
+        terms = []
+        if real is not None:
+            terms.append(inverse(self.weights_real, self.theta_real, real, np.cos))
+        if other is not None:
+            terms.append(inverse(self.weights_complex, self.theta_complex, ops.real(other), np.cos))
+            terms.append(inverse(self.weights_complex, self.theta_complex, ops.imag(other), np.sin))
+        spatial = ops.reshape(sum(terms), (len(self.p), channels_out, channels_out))
         taps = _taps(kernel, self.kernel_shape)
         result = ops.segment_sum(
             ops.matmul(ops.take(taps, self.q, axis=0), spatial),
@@ -220,11 +242,29 @@ def embed(kernel, geometry):
     return ops.reshape(grid, (height, width, channels_in, channels_out))
 
 
+def self_conjugate(height, columns, width):
+    """Which of the ``height x columns`` frequencies of a real FFT on an
+    ``height x width`` grid are their own conjugates (``2 f = 0``): there
+    a real kernel's matrices are real."""
+    rows, cols = np.meshgrid(np.arange(height), np.arange(columns), indexing="ij")
+    return ((2 * rows) % height == 0) & ((2 * cols) % width == 0)
+
+
 def _input_grams(kernel, geometry):
-    """The ``(in S) x (in S)`` Gram matrices of the folded blocks, times ``S``."""
-    grid = ops.transpose(embed(kernel, geometry), (2, 3, 0, 1))
-    blocks = fold(backend.fft2(grid), geometry.strides)
-    return backend.matmul(blocks, ops.conj(ops.transpose(blocks, (0, 2, 1))))
+    """``(real, complex)`` batches of the ``(in S) x (in S)`` Gram matrices
+    of the folded blocks, times ``S``. Stride 1: a real FFT (half the
+    frequencies), the self-conjugate ones in real arithmetic."""
+    grid = ops.transpose(embed(kernel, geometry), (2, 3, 0, 1))  # (in, out, H, W)
+    if geometry.strides != (1, 1):
+        blocks = fold(backend.fft2(grid), geometry.strides)
+        return None, backend.matmul(blocks, ops.conj(ops.transpose(blocks, (0, 2, 1))))
+    spectrum = ops.transpose(backend.rfft2(grid), (2, 3, 0, 1))  # (H, W//2+1, in, out)
+    height, width = geometry.input_size
+    real, other = projections.split_real_rows(
+        spectrum, self_conjugate(height, width // 2 + 1, width).ravel()
+    )
+    grams = [None if m is None else projections.gram_side(m)[0] for m in (real, other)]
+    return tuple(grams)
 
 
 def spectral_norm(kernel, geometry):
@@ -235,14 +275,18 @@ def spectral_norm(kernel, geometry):
             f"fourier.spectral_norm needs a circular convolution whose strides "
             f"divide its input; got {geometry}."
         )
-    kernel = ops.convert_to_tensor(kernel)
-    side, _, _ = plan(geometry, kernel.shape)
-    if side == "output":
-        grams, scale = LatticePairs(geometry, kernel.shape).grams(kernel), 1.0
-    else:
-        grams, scale = _input_grams(kernel, geometry), 1.0 / math.prod(geometry.strides)
-    largest = ops.max(backend.eigvalsh(grams))
+    grams, scale = gram_matrices(ops.convert_to_tensor(kernel), geometry)
+    largest = projections.largest_eigenvalue(*grams)
     return ops.sqrt(ops.maximum(largest * scale, 0.0))
+
+
+def gram_matrices(kernel, geometry):
+    """``((real, complex), scale)``: the Gram matrices whose largest
+    eigenvalue times ``scale`` is ``||A||_2^2``, on the smaller side
+    (:func:`plan`)."""
+    if plan(geometry, kernel.shape)[0] == "output":
+        return LatticePairs(geometry, kernel.shape).grams(kernel), 1.0
+    return _input_grams(kernel, geometry), 1.0 / math.prod(geometry.strides)
 
 
 def check_embeddable(geometry, kernel_shape, where):
@@ -291,6 +335,9 @@ class CircularEmbedding:
         mask = np.zeros(self.size[0] * self.size[1], np.float32)
         mask[self.index] = 1.0
         self.mask = mask.reshape(*self.size, 1, 1)
+        # The taps fill the grid: the support is no constraint, and a kernel
+        # clipped on the grid is clipped exactly.
+        self.covers_grid = bool(mask.all()) and self.geometry.strides == geometry.strides
 
     def embed(self, kernel):
         return embed(kernel, self.geometry)
@@ -317,8 +364,9 @@ class CircularEmbedding:
         spatial_last = ops.transpose(grid, (2, 3, 0, 1))  # (in, out, H, W)
         if strides == (1, 1):
             matrices = ops.transpose(backend.rfft2(spatial_last), (2, 3, 0, 1))
-            clipped = ops.transpose(projections.clip_singular_values(matrices, lip), (2, 3, 0, 1))
-            back = backend.irfft2(clipped, self.size)
+            real = self_conjugate(self.size[0], matrices.shape[1], self.size[1])
+            clipped = projections.clip_singular_values(matrices, lip, real)
+            back = backend.irfft2(ops.transpose(clipped, (2, 3, 0, 1)), self.size)
         else:
             blocks = fold(backend.fft2(spatial_last), strides)
             clipped = projections.clip_singular_values(blocks, lip * np.sqrt(np.prod(strides)))
@@ -337,6 +385,8 @@ class CircularEmbedding:
         if channels_out > channels_in * np.prod(self.geometry.strides):
             return self.restrict(self.project_spectral_ball(self.embed(kernel), lip))
         pairs = LatticePairs(self.geometry, self.kernel_shape)
-        return pairs.multiply(
-            kernel, projections.singular_value_shrinkage(pairs.grams(kernel), lip)
-        )
+        shrinkage = [
+            None if gram is None else projections.singular_value_shrinkage(gram, lip)
+            for gram in pairs.grams(kernel)
+        ]
+        return pairs.multiply(kernel, *shrinkage)

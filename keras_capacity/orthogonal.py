@@ -25,7 +25,9 @@ def project(kernel, initial_kernel, lip, dist, geometry, rounds):
     the operator whose ball was projected onto
     (:func:`keras_capacity.fourier.spectral_norm`) if it is still above
     ``lip``, then the segment toward ``K0`` into the distance ball. Returns
-    the kernel.
+    the kernel. The rescale is skipped where the last set projected onto is
+    the spectral ball itself: a Dense kernel, and a circular kernel whose
+    taps fill its input grid (the deep layers of the paper's networks).
 
     For a circular convolution, one round over (distance ball, spectral
     ball, support) carries no increments, so it is the composition of the
@@ -41,8 +43,9 @@ def project(kernel, initial_kernel, lip, dist, geometry, rounds):
         sets = ([distance_ball] if has_dist else []) + (
             [lambda x: projections.clip_singular_values(x, lip)] if has_lip else []
         )
+        # The clipping comes last, so the result is in the spectral ball.
         result = projections.dykstra(kernel, sets, rounds if len(sets) > 1 else 1)
-        norm = projections.largest_singular_value(result) if has_lip else None
+        norm = None
     else:
         embedding = fourier.CircularEmbedding(geometry, kernel.shape)
         if rounds == 1:
@@ -61,8 +64,11 @@ def project(kernel, initial_kernel, lip, dist, geometry, rounds):
             )
             sets.append(embedding.project_support)
             result = embedding.restrict(projections.dykstra(embedding.embed(kernel), sets, rounds))
-        norm = fourier.spectral_norm(result, embedding.geometry) if has_lip else None
-    if has_lip:
+        # Taps that fill the grid leave the clipped kernel clipped; otherwise
+        # restricting it to its support may lift its norm a little.
+        exact = embedding.covers_grid
+        norm = fourier.spectral_norm(result, embedding.geometry) if has_lip and not exact else None
+    if norm is not None:
         result = projections.scale_to_lipschitz(result, norm, lip)
     if has_dist:
         result = initial_kernel + projections.shrink_to_l21_ball(result - initial_kernel, dist)

@@ -13,6 +13,7 @@ their singular values (:func:`clip_singular_values`). :func:`dykstra`
 combines projections onto several convex sets.
 """
 
+import numpy as np
 from keras import ops
 
 from keras_capacity import backend
@@ -105,22 +106,58 @@ def singular_value_shrinkage(gram, lip):
     )
 
 
-def clip_singular_values(matrices, lip):
+def split_real_rows(matrices, real_rows):
+    """The batch (flattened over its leading axes) as ``(real part of the
+    matrices marked real, the others)``; ``None`` for an empty part."""
+    flat = ops.reshape(matrices, (-1, *matrices.shape[-2:]))
+    real_index, complex_index = np.flatnonzero(real_rows), np.flatnonzero(~real_rows)
+    real = ops.real(ops.take(flat, real_index, axis=0)) if len(real_index) else None
+    other = ops.take(flat, complex_index, axis=0) if len(complex_index) else None
+    return real, other
+
+
+def merge_real_rows(real, other, real_rows, shape, dtype):
+    """The inverse of :func:`_split`."""
+    parts = ([ops.cast(real, dtype)] if real is not None else []) + (
+        [other] if other is not None else []
+    )
+    order = np.argsort(np.concatenate([np.flatnonzero(real_rows), np.flatnonzero(~real_rows)]))
+    return ops.reshape(ops.take(ops.concatenate(parts, axis=0), order, axis=0), shape)
+
+
+def clip_singular_values(matrices, lip, real_rows=None):
     """``U min(S, lip) V^H`` for a batch of (real or complex) matrices.
 
     Computed from the Hermitian eigendecomposition of the smaller Gram
     matrix (:func:`singular_value_shrinkage`), which is several times faster
-    than an SVD on a CPU.
+    than an SVD on a CPU. ``real_rows`` (a numpy boolean array over the
+    batch axes) marks complex matrices known to be real, which are clipped
+    in real arithmetic (a real eigendecomposition costs a fraction of a
+    complex one).
     """
+    if real_rows is not None:
+        real, other = split_real_rows(matrices, np.asarray(real_rows).ravel())
+        clipped = [
+            None if part is None else clip_singular_values(part, lip) for part in (real, other)
+        ]
+        return merge_real_rows(
+            *clipped, np.asarray(real_rows).ravel(), matrices.shape, matrices.dtype
+        )
     gram, left = gram_side(matrices)
     shrink = singular_value_shrinkage(gram, lip)
     return backend.matmul(shrink, matrices) if left else backend.matmul(matrices, shrink)
 
 
+def largest_eigenvalue(*grams):
+    """The largest eigenvalue over batches of Hermitian matrices (``None``
+    entries skipped)."""
+    return ops.max(ops.stack([ops.max(backend.eigvalsh(g)) for g in grams if g is not None]))
+
+
 def largest_singular_value(matrices):
     """The largest singular value over a batch of matrices."""
     gram, _ = gram_side(matrices)
-    return ops.sqrt(ops.maximum(ops.max(backend.eigvalsh(gram)), 0.0))
+    return ops.sqrt(ops.maximum(largest_eigenvalue(gram), 0.0))
 
 
 def dykstra(point, project_fns, rounds):

@@ -2,6 +2,8 @@
 convergence, the variational inequality of the projection, and the dense
 operator matrix; refused where it does not apply; in the train step."""
 
+import contextlib
+
 import keras
 import numpy as np
 import pytest
@@ -233,3 +235,74 @@ def test_train_step_every_and_mirrored_strategy(two_cpu_strategy):
     assert kc.lipschitz(dense) <= 0.7 * (1 + LIP_TOL) and kc.distance(dense) <= 1.0 * (1 + DIST_TOL)
     replicas = strategy.experimental_local_results(conv.kernel.value)
     np.testing.assert_array_equal(replicas[0].numpy(), replicas[1].numpy())
+
+
+@pytest.mark.parametrize(
+    "size,k,strides",
+    [((2, 2), 2, (1, 1)), ((1, 1), 1, (1, 1)), ((2, 2), 2, (2, 2)), ((4, 4), 4, (1, 1))],
+)
+def test_a_kernel_filling_its_grid_is_clipped_exactly_without_a_rescale(size, k, strides):
+    """The deep layers of the paper's networks: the taps fill the grid, so
+    the one-round projection is the exact SVD clipping of the dense
+    operator (no feasibility rescale, which would shrink it further)."""
+    layer = bound_layer(
+        kc.CircularConv2D(
+            5,
+            k,
+            strides=strides,
+            use_bias=False,
+            kernel_constraint=kc.LipDist(1.0, mode="orthogonal"),
+        ),
+        (*size, 4),
+    )
+    kernel = np.random.default_rng(2).standard_normal(layer.kernel.shape)
+    layer.kernel.assign(kernel.astype(np.float32))
+    dense = operator_matrix(layer, (*size, 4))
+    lip = 0.5 * np.linalg.norm(dense, 2)
+    constraint = kc.LipDist(lip, mode="orthogonal")
+    constraint.create_state(kernel.shape, layer.kernel_constraint.geometry, "float64")
+    assert fourier.CircularEmbedding(constraint.geometry, kernel.shape).covers_grid
+    constraint.initial_kernel.assign(np.zeros(kernel.shape))
+    constraint.initialized.assign(1)
+    projected = constraint.project(tf.constant(kernel)).numpy()
+    layer.kernel.assign(projected.astype(np.float32))
+    np.testing.assert_allclose(
+        operator_matrix(layer, (*size, 4)), numpy_clip(dense, lip), atol=1e-5 * lip
+    )
+
+
+@pytest.mark.parametrize("mode", ["orthogonal", "radial"])
+@pytest.mark.parametrize("distributed", [False, True], ids=["xla", "mirrored"])
+def test_deep_layer_shapes_hold_their_bounds(mode, distributed, two_cpu_strategy):
+    """The layer shapes of the ResNet's deep stages (the real-arithmetic
+    frequencies, kernels that fill their grids, a Dense head): compiled by
+    XLA on one device, and on two devices (MirroredStrategy; TensorFlow's
+    XLA does not compile mirrored variables)."""
+    scope = two_cpu_strategy.scope() if distributed else contextlib.nullcontext()
+    with scope:
+        layers = [
+            kc.CircularConv2D(
+                8, 3, use_bias=False, kernel_constraint=kc.LipDist(0.8, 3.0, mode=mode)
+            ),
+            keras.layers.MaxPooling2D(2),
+            kc.CircularConv2D(
+                8, 2, use_bias=False, kernel_constraint=kc.LipDist(0.8, 3.0, mode=mode)
+            ),
+            keras.layers.MaxPooling2D(2),
+            kc.CircularConv2D(
+                6, 1, use_bias=False, kernel_constraint=kc.LipDist(0.8, 3.0, mode=mode)
+            ),
+            keras.layers.Flatten(),
+            keras.layers.Dense(3, kernel_constraint=kc.LipDist(1.0, 2.0, mode=mode)),
+        ]
+        model = keras.Sequential([keras.Input((4, 4, 3)), *layers])
+        kc.bind(model)
+        model.compile(keras.optimizers.SGD(0.5), "mse", jit_compile=not distributed)
+    x = np.random.default_rng(0).standard_normal((32, 4, 4, 3)).astype(np.float32)
+    model.fit(
+        x, 10 * np.random.default_rng(1).standard_normal((32, 3)), batch_size=8, epochs=2, verbose=0
+    )
+    for layer, shape in ((layers[0], (4, 4, 3)), (layers[2], (2, 2, 8)), (layers[4], (1, 1, 8))):
+        assert np.linalg.norm(operator_matrix(layer, shape), 2) <= 0.8 * (1 + LIP_TOL), layer.name
+        assert kc.distance(layer) <= 3.0 * (1 + DIST_TOL)
+    assert np.linalg.norm(layers[-1].kernel.numpy(), 2) <= 1.0 * (1 + LIP_TOL)

@@ -1,11 +1,12 @@
 # `make test`: set up a virtual environment (if there is none), lint, and run the suite.
 # `make demo`: set up and run the main job on the bundled offline data.
 # `make lint`: ruff's linter and formatter check (configured in pyproject.toml).
+# `make sweep`: measure excess capacity on the bundled data (a constraint sweep).
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint demo benchmark clean
+.PHONY: test lint demo sweep benchmark clean
 
 $(PYTHON):
 	python3 -m venv $(VENV)
@@ -24,6 +25,9 @@ test: lint
 
 demo: $(STAMP)
 	$(PYTHON) train_main.py --flagfile=examples/demo.flags
+
+sweep: $(STAMP)
+	$(PYTHON) -m keras_capacity.sweep --flagfile=examples/sweep_demo.flags --workdir=runs/sweep_demo
 
 benchmark: $(STAMP)
 	$(PYTHON) benchmarks/constraint_overhead.py

@@ -1,6 +1,7 @@
 """Test set-up: quiet TensorFlow, two logical CPU devices for MirroredStrategy."""
 
 import os
+import socket
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -52,3 +53,26 @@ def worst_case_gain(apply, input_shape, steps=300, seed=0):
         optimizer.apply([tape.gradient(loss, x)], [x])
         best = max(best, float(gain))
     return best
+
+
+def free_port():
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def command_environment(**extra):
+    """The environment for running the package's commands in a test: no
+    GPU, no cluster or tuner settings or log level inherited."""
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    for name in (
+        "TF_CONFIG",
+        "TF_CPP_MIN_LOG_LEVEL",
+        "KERASTUNER_TUNER_ID",
+        "KERASTUNER_ORACLE_IP",
+        "KERASTUNER_ORACLE_PORT",
+    ):
+        env.pop(name, None)
+    env.update(extra)
+    return env

@@ -7,7 +7,6 @@ import os
 import pty
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import time
 import keras
 import numpy as np
 import pytest
+from conftest import command_environment, free_port
 
 import keras_capacity as kc
 
@@ -35,19 +35,11 @@ SMALL = [
 STARTUP_NOISE = ("cudart_stub", "oneDNN custom operations", "absl::InitializeLog", "cuInit")
 
 
-def environment(**extra):
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
-    for name in ("TF_CONFIG", "TF_CPP_MIN_LOG_LEVEL"):
-        env.pop(name, None)
-    env.update(extra)
-    return env
-
-
 def run(args, env=None, timeout=300, program=("train_main.py",)):
     return subprocess.run(
         [sys.executable, *program, *args],
         cwd=ROOT,
-        env=env or environment(),
+        env=env or command_environment(),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -241,7 +233,7 @@ def test_in_a_terminal_the_constraint_line_has_its_own_line(tmp_path):
     process = subprocess.Popen(
         [sys.executable, "train_main.py", *SMALL, "--epochs=1", f"--logdir={tmp_path / 'r'}"],
         cwd=ROOT,
-        env=environment(),
+        env=command_environment(),
         stdout=child,
         stderr=subprocess.DEVNULL,
     )
@@ -276,7 +268,7 @@ def test_kill_during_epoch_2_and_resume(tmp_path):
     process = subprocess.Popen(
         args,
         cwd=ROOT,
-        env=environment(),
+        env=command_environment(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -290,7 +282,7 @@ def test_kill_during_epoch_2_and_resume(tmp_path):
     assert process.returncode == -signal.SIGKILL
     assert not (run_dir / "summary.json").exists()
     result = subprocess.run(
-        args, cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=300
+        args, cwd=ROOT, env=command_environment(), capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Resuming run" in result.stdout
@@ -306,12 +298,6 @@ def test_kill_during_epoch_2_and_resume(tmp_path):
     initial, final = k0_of(run_dir / "model_init.keras"), k0_of(run_dir / "model_final.keras")
     for name in initial:
         np.testing.assert_array_equal(initial[name], final[name])
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -331,7 +317,7 @@ def test_multi_worker_on_localhost(tmp_path):
                     f"--logdir={tmp_path / 'run'}",
                 ],
                 cwd=ROOT,
-                env=environment(TF_CONFIG=json.dumps(config)),
+                env=command_environment(TF_CONFIG=json.dumps(config)),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,

@@ -264,6 +264,8 @@ def finalize(config, setup, model, log):
         "layers": [{k: _json_number(v) for k, v in r.items()} for r in rows],
         "table": network.format_table(rows),
         "replicas": setup.replicas,
+        "num_train": setup.data.num_train,
+        "num_test": setup.data.num_test,
         "test_error_bounds": test_error,
     }
     return summary, quantities
@@ -284,7 +286,9 @@ def _numeric_hparams(config):
 
 
 def write_hparams(log_dir, config, summary):
-    """TensorBoard's HParams entry of the run: its settings and final metrics."""
+    """TensorBoard's HParams entry of the run: its settings and final metrics
+    (with the test error and the least vacuous bound on it). A sweep's runs
+    share one dashboard: ``tensorboard --logdir WORKDIR/trials``."""
     from tensorboard.plugins.hparams import api as hparams
 
     metrics = (
@@ -301,6 +305,12 @@ def write_hparams(log_dir, config, summary):
         hparams.hparams(_numeric_hparams(config))
         for name in metrics:
             tf.summary.scalar(f"final/{name}", summary[name], step=0)
+        tf.summary.scalar("final/test_error", 1 - summary["test_accuracy"], step=0)
+        bounds_found = [
+            b["value"] for b in summary["test_error_bounds"].values() if b["value"] is not None
+        ]
+        if bounds_found:
+            tf.summary.scalar("final/best_test_error_bound", min(bounds_found), step=0)
 
 
 def write_capacity_report(run_dir, model, data, log, quantities=None):

@@ -1,0 +1,158 @@
+"""The sweep command: ``python -m keras_capacity.sweep`` / ``keras-capacity-sweep``.
+
+The base flags are those of ``train_main.py`` (a flag file works as there);
+the sweep adds ``--grid`` (repeatable), ``--seeds``, ``--tolerance`` and
+``--workdir``. The work directory keeps ``sweep.flags``, the sweep's
+definition: the same directory with another definition is refused with the
+differences listed, and the same command run again finishes what is left.
+"""
+
+import os
+import sys
+
+from absl import app, flags
+
+from keras_capacity.training import flags as run_flags
+
+SWEEP_FLAGS_FILE = "sweep.flags"
+
+
+def define_flags(flag_values=flags.FLAGS):
+    run_flags.define_flags(flag_values)
+    flags.DEFINE_multi_string(
+        "grid",
+        [],
+        "NAME:V1,V2,... (repeatable; several form their product): NAME is a "
+        "constraint entry (lip.first, lip.inner, lip.shortcut, lip.classifier, dist.first, ...) "
+        "whose values replace it (inf: none), or lip / dist, whose values scale all four "
+        "entries of that kind.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "seeds", 1, "Seeds per grid point (--seed, --seed + 1, ...).", flag_values=flag_values
+    )
+    flags.DEFINE_float(
+        "tolerance",
+        None,
+        "Test error above the baseline's that still counts "
+        "as not increased; default: one standard error of the baseline's.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string("workdir", None, "The sweep's work directory.", flag_values=flag_values)
+
+
+def definition(config, grid_specs, seeds):
+    """What defines a sweep: the base flags, the grid and the seeds (the
+    tolerance only changes the analysis)."""
+    return {"base": config.flag_values(), "grid": list(grid_specs), "seeds": seeds}
+
+
+def definition_text(values):
+    lines = [f"--{name}={text}" for name, text in sorted(values["base"].items())]
+    lines += [f"--grid={spec}" for spec in values["grid"]] + [f"--seeds={values['seeds']}"]
+    return "\n".join(lines) + "\n"
+
+
+def claim(workdir, values):
+    """Keeps the sweep's definition in ``workdir``; a
+    :class:`~keras_capacity.training.runs.RunError` listing the differences
+    if it already holds another sweep."""
+    from keras_capacity.training import runs
+
+    runs.check_writable(workdir)
+    path = os.path.join(workdir, SWEEP_FLAGS_FILE)
+    text = definition_text(values)
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = f.read()
+        if saved != text:
+            old, new = set(saved.splitlines()), set(text.splitlines())
+            changes = [f"- {line}" for line in sorted(old - new)]
+            changes += [f"+ {line}" for line in sorted(new - old)]
+            raise runs.RunError(
+                f"{workdir!r} holds another sweep; use another --workdir or the same flags. "
+                "Differences (- saved, + now):\n  " + "\n  ".join(changes)
+            )
+        return
+    runs.write_atomic(path, text)
+
+
+def _main(argv):
+    from keras_capacity.sweep import engine, grid
+    from keras_capacity.training.cli import fail, quiet_tensorflow
+    from keras_capacity.training.config import ConfigError
+    from keras_capacity.training.runs import RunError
+
+    if len(argv) > 1:
+        fail(f"unexpected arguments {argv[1:]}; every setting is a --flag.")
+    quiet_tensorflow()
+    FLAGS = flags.FLAGS
+    try:
+        if not FLAGS.workdir:
+            raise ConfigError(
+                "--workdir is required: the folder of the sweep's trials and results."
+            )
+        if FLAGS.logdir:
+            raise ConfigError("--logdir names one run; a sweep's runs go under --workdir.")
+        if FLAGS.tolerance is not None and not FLAGS.tolerance >= 0:
+            raise ConfigError(f"--tolerance must be >= 0, got {FLAGS.tolerance}.")
+        config = run_flags.config_from_flags(FLAGS)
+        axes = grid.parse_grid(FLAGS.grid)
+        trials = grid.trials(config, axes, FLAGS.seeds)
+        values = definition(config, FLAGS.grid, FLAGS.seeds)
+        claim(FLAGS.workdir, values)
+        sweep = engine.Sweep(
+            FLAGS.workdir,
+            values,
+            axes,
+            trials,
+            FLAGS.tolerance,
+            log=lambda line: print(line, flush=True),
+        )
+        print(
+            f"sweep in {FLAGS.workdir}: {len(trials)} trials "
+            f"({len(trials) // FLAGS.seeds - 1} grid points and the baseline, "
+            f"{FLAGS.seeds} seed(s) each)",
+            flush=True,
+        )
+        summary = engine.search(sweep)
+    except (ConfigError, RunError, grid.GridError) as error:
+        fail(error)
+    if engine.is_chief():
+        print(describe(summary, axes, FLAGS.workdir), flush=True)
+
+
+def describe(summary, axes, workdir):
+    """The lines a sweep ends with."""
+    lines = []
+    for axis in axes:
+        estimate = summary["excess_capacity"][axis.name]
+        if estimate["tightest"] is None:
+            lines.append(f"{axis.name}: no value kept the test error within the tolerance")
+        else:
+            removed = estimate["removed_lipschitz"], estimate["removed_distance"]
+            lines.append(
+                f"{axis.name}: tightest value within tolerance {axis.label(estimate['tightest'])}"
+                f" (test error {estimate['test_error']:.4f}); it removes "
+                + ", ".join(
+                    f"{100 * r:.0f}% of the {what}"
+                    for r, what in zip(
+                        removed, ("network Lipschitz bound", "sum of distances"), strict=True
+                    )
+                    if r is not None
+                )
+            )
+    if summary["failed"]:
+        lines.append(f"failed trials: {', '.join(summary['failed'])}")
+    lines.append(f"results in {os.path.join(workdir, 'sweep.md')}")
+    return "\n".join(lines)
+
+
+def main():
+    """``python -m keras_capacity.sweep`` / ``keras-capacity-sweep``."""
+    define_flags()
+    app.run(_main)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

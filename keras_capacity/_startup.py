@@ -9,6 +9,7 @@ user chose a level; importing the library in one's own program changes
 nothing. Standard library only: this runs before Keras is imported.
 """
 
+import importlib.util
 import os
 import sys
 
@@ -32,6 +33,8 @@ def import_tensorflow_quietly():
     its later C++ logging limited to fatal errors, unless
     ``TF_CPP_MIN_LOG_LEVEL`` is set. Python errors still raise."""
     if "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
+        return
+    if importlib.util.find_spec("tensorflow") is None:  # a JAX-only installation
         return
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     sys.stderr.flush()

@@ -42,7 +42,7 @@ import warnings
 import keras
 import numpy as np
 import scipy.special
-import tensorflow as tf
+from keras import ops
 
 from keras_capacity import binding, network, operators
 from keras_capacity import layers as capacity_layers
@@ -689,9 +689,13 @@ def _as_conv_kernel(kernel):
 
 
 def _layer_record(layer):
-    kernel = _as_conv_kernel(layer.kernel.numpy())
+    kernel = _as_conv_kernel(ops.convert_to_numpy(layer.kernel))
     constraint = binding.kernel_lipdist(layer)
-    initial = kernel if constraint is None else _as_conv_kernel(constraint.initial_kernel.numpy())
+    initial = (
+        kernel
+        if constraint is None
+        else _as_conv_kernel(ops.convert_to_numpy(constraint.initial_kernel))
+    )
     delta = kernel - initial
     filters = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731  (kh kw in, out)
     geometry = (
@@ -719,17 +723,17 @@ def _patch_norm_squares(layer, inputs):
     """The squared l2 norm of every input patch the layer sees, by one
     convolution of the squared (padded) input with a ones kernel (float32
     sums: relative error ~1e-7, far below what the bounds resolve)."""
-    x = tf.square(tf.cast(inputs, tf.float32))
+    x = ops.square(ops.cast(inputs, "float32"))
     if isinstance(layer, keras.layers.Dense):
-        return tf.reduce_sum(tf.reshape(x, (tf.shape(x)[0], -1)), axis=1)
+        return ops.sum(ops.reshape(x, (ops.shape(x)[0], -1)), axis=1)
     kh, kw = layer.kernel_size
     if isinstance(layer, capacity_layers.CircularConv2D):
         x = operators.circular_pad(x, layer.kernel_size, layer.dilation_rate, (1, 2))
     elif layer.padding == "same":
-        x = tf.pad(x, [[0, 0], [(kh - 1) // 2, kh // 2], [(kw - 1) // 2, kw // 2], [0, 0]])
-    ones = tf.ones((kh, kw, x.shape[-1], 1), tf.float32)
-    return tf.nn.conv2d(
-        x, ones, strides=layer.strides, padding="VALID", dilations=layer.dilation_rate
+        x = ops.pad(x, [[0, 0], [(kh - 1) // 2, kh // 2], [(kw - 1) // 2, kw // 2], [0, 0]])
+    ones = ops.ones((kh, kw, x.shape[-1], 1), "float32")
+    return ops.conv(
+        x, ones, strides=layer.strides, padding="valid", dilation_rate=layer.dilation_rate
     )
 
 
@@ -775,7 +779,7 @@ def measure_quantities(
         *activations, scores = probes(inputs.astype(np.float32), training=False)
         margins.append(network.margins_of_scores(scores, targets))
         for i, (layer, activation) in enumerate(zip(layers, activations, strict=True)):
-            patch[i] = max(patch[i], float(tf.reduce_max(_patch_norm_squares(layer, activation))))
+            patch[i] = max(patch[i], float(ops.max(_patch_norm_squares(layer, activation))))
     if n == 0:
         raise ValueError("measure_quantities: the data is empty.")
     per_layer = {key: tuple(r[key] for r in records) for key in records[0]}

@@ -16,6 +16,7 @@ import math
 
 import keras
 import numpy as np
+from keras import ops
 
 from keras_capacity import binding, constraints, exact_norms
 from keras_capacity import layers as capacity_layers
@@ -94,15 +95,15 @@ def _pool_lipschitz(layer, input_shape, average):
 def batch_norm_lipschitz(layer):
     """Inference-mode BatchNorm ``gamma (x - mean) / sqrt(var + eps) + beta``:
     ``max |gamma| / sqrt(var + eps)`` over channels."""
-    variance = np.asarray(layer.moving_variance.numpy(), np.float64)
-    gamma = np.asarray(layer.gamma.numpy(), np.float64) if layer.scale else 1.0
+    variance = np.asarray(ops.convert_to_numpy(layer.moving_variance), np.float64)
+    gamma = np.asarray(ops.convert_to_numpy(layer.gamma), np.float64) if layer.scale else 1.0
     return float(np.max(np.abs(gamma) / np.sqrt(variance + layer.epsilon)))
 
 
 def _kernel_lipschitz(layer, input_shape):
     """The spectral norm of a Dense or Conv2D kernel's map (bias ignored)."""
     geometry = binding.operator_geometry(layer, input_shape)
-    return exact_norms.spectral_norm(layer.kernel.numpy(), geometry)
+    return exact_norms.spectral_norm(ops.convert_to_numpy(layer.kernel), geometry)
 
 
 def _measured_kernel_norm(layer, input_shape, kernel_norms):

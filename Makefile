@@ -1,4 +1,5 @@
-# `make test`: set up a virtual environment (if there is none), lint, and run the suite.
+# `make test`: set up a virtual environment (if there is none), lint, and run the suite
+# on TensorFlow, then its JAX part (`make test-jax`).
 # `make demo`: set up and run the main job on the bundled offline data.
 # `make lint`: ruff's linter and formatter check (configured in pyproject.toml).
 # `make sweep`: measure excess capacity on the bundled data (a constraint sweep).
@@ -6,14 +7,14 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint demo sweep benchmark clean
+.PHONY: test test-jax lint demo sweep benchmark clean
 
 $(PYTHON):
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
 
 $(STAMP): $(PYTHON) setup.cfg pyproject.toml
-	$(PYTHON) -m pip install --quiet -e ".[test]"
+	$(PYTHON) -m pip install --quiet -e ".[test,jax]"
 	touch $(STAMP)
 
 lint: $(STAMP)
@@ -22,6 +23,10 @@ lint: $(STAMP)
 
 test: lint
 	$(PYTHON) -m pytest -q
+	$(MAKE) test-jax
+
+test-jax: $(STAMP)
+	KERAS_BACKEND=jax $(PYTHON) -m pytest -q tests/test_jax_backend.py
 
 demo: $(STAMP)
 	$(PYTHON) train_main.py --flagfile=examples/demo.flags

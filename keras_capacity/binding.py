@@ -212,6 +212,8 @@ def bind(
             constraint.layer_name = layer.name
             constraint.create_state(layer.kernel.shape, geometry, layer.kernel.dtype)
             constraint.initialize(layer.kernel)
+    if isinstance(model, keras.Model):
+        backend.install_projection_step(model, pairs)
     return pairs
 
 

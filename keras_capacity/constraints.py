@@ -121,6 +121,7 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
         self.layer_name = None
         self.estimator = None
         self.estimator_state = ()
+        self.projects_in_model_step = False
 
     @property
     def has_lipschitz(self):
@@ -209,7 +210,9 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
 
     def _require_bound(self, w):
         where = getattr(w, "path", None) or self.layer_name or "a kernel"
-        if not self.is_bound:
+        # Where the model's train step projects, bind checked this already
+        # (and during fit the state is not readable outside the step).
+        if not self.projects_in_model_step and not self.is_bound:
             raise ValueError(
                 f"{self!r} on {where!r} is not bound to its layer. Call "
                 "`keras_capacity.bind(model)` after building the model and "
@@ -287,9 +290,17 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
         return kernel
 
     def __call__(self, w):
-        if backend.inside_compiled_step():
+        if not backend.inside_compiled_step(w):
+            return self.project(w)
+        if not backend.PROJECTS_IN_MODEL_STEP:
             return self.train_step_projection(w)
-        return self.project(w)
+        if not self.projects_in_model_step:
+            raise ValueError(
+                f"{self!r} on {self.layer_name or 'a kernel'!r}: on this Keras backend the "
+                "projection runs in the model's train step, which `keras_capacity.bind(model)` "
+                "installs; call it before `fit` (also after loading a model)."
+            )
+        return w  # the model's train step projects it next (see keras_capacity.backend.jax)
 
     # --------------------------------------------------------- serialization
 

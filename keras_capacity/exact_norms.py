@@ -97,14 +97,19 @@ def _compiled_gram(geometry, kernel_shape):
 
 
 def _gram_operator(kernel, geometry):
-    """``v -> A^T A v`` on flat float64 vectors (numpy), and the input dimension."""
-    kernel64 = ops.convert_to_tensor(np.asarray(kernel, dtype=np.float64))
-    gram, size = _compiled_gram(geometry, tuple(kernel64.shape))
-    return (
-        lambda vectors: ops.convert_to_numpy(
-            gram(kernel64, ops.convert_to_tensor(vectors, "float64"))
-        )
-    ), size
+    """``v -> A^T A v`` on flat float64 vectors (numpy), and the input
+    dimension; in float64 on every backend (:func:`keras_capacity.backend.float64`)."""
+    kernel = np.asarray(kernel, dtype=np.float64)
+    gram, size = _compiled_gram(geometry, kernel.shape)
+
+    def apply(vectors):
+        with backend.float64():
+            result = gram(
+                ops.convert_to_tensor(kernel, "float64"), ops.convert_to_tensor(vectors, "float64")
+            )
+            return ops.convert_to_numpy(result)
+
+    return apply, size
 
 
 def top_singular(kernel, geometry, k=1, v0=None):

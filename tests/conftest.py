@@ -1,15 +1,27 @@
-"""Test set-up: quiet TensorFlow, two logical CPU devices for MirroredStrategy."""
+"""Test set-up: quiet TensorFlow, two CPU devices (logical ones for
+MirroredStrategy on TensorFlow, simulated XLA devices on JAX), and the
+oracles the tests share.
+
+The suite runs on TensorFlow (``make test``); ``KERAS_BACKEND=jax`` runs
+its JAX part (``make test-jax``: ``tests/test_jax_backend.py``).
+"""
 
 import os
 import socket
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+BACKEND = os.environ["KERAS_BACKEND"]
 
-import tensorflow as tf
+if BACKEND == "jax":
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+    )
+else:
+    import tensorflow as tf
 
-_cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    _cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -31,18 +43,31 @@ def _seeded():
     keras.backend.clear_session()
 
 
+# A one-epoch run of the training program small enough for a test.
+TINY_RUN_FLAGS = [
+    "--dataset=shapes10",
+    "--arch=simple_convnet6",
+    "--n_channels=4",
+    "--limit_to=128",
+    "--bs=64",
+    "--epochs=1",
+    "--lr=0.05",
+]
+
+
 def operator_matrix(layer, input_shape):
     """The dense matrix of ``layer``'s linear map (bias removed), built by
     applying the layer itself to every basis input of ``input_shape``."""
     n = int(np.prod(input_shape))
     basis = np.eye(n, dtype=np.float32).reshape(n, *input_shape)
-    zero = layer(np.zeros((1, *input_shape), np.float32)).numpy()
-    images = layer(basis).numpy() - zero
+    zero = np.asarray(layer(np.zeros((1, *input_shape), np.float32)))
+    images = np.asarray(layer(basis)) - zero
     return images.reshape(n, -1).T.astype(np.float64)
 
 
 def worst_case_gain(apply, input_shape, steps=300, seed=0):
-    """Gradient ascent on ``||A x|| / ||x||``: the largest gain it finds."""
+    """Gradient ascent on ``||A x|| / ||x||`` (TensorFlow): the largest gain
+    it finds."""
     x = tf.Variable(tf.random.stateless_normal((1, *input_shape), (seed, 1)))
     optimizer = keras.optimizers.Adam(0.05)
     best = 0.0

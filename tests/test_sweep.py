@@ -13,23 +13,13 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import command_environment, free_port
+from conftest import TINY_RUN_FLAGS, command_environment, free_port
 
 from keras_capacity.sweep import engine, grid, results
 from keras_capacity.training import RunConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BASE = [
-    "--dataset=shapes10",
-    "--arch=simple_convnet6",
-    "--n_channels=4",
-    "--limit_to=128",
-    "--bs=64",
-    "--epochs=1",
-    "--lr=0.05",
-    "--proj_mode=radial",
-    "--proj_freq=1",
-]
+BASE = [*TINY_RUN_FLAGS, "--proj_mode=radial", "--proj_freq=1"]
 CONFIG = RunConfig(
     dataset="shapes10",
     arch="simple_convnet6",

@@ -14,11 +14,15 @@ in one small module per backend, with the same functions:
   :func:`eager_value`, a variable's value while a compiled step is traced;
 * :func:`linear_adjoint`, the adjoint of a linear map by reverse-mode
   differentiation; :func:`compile`, a compiled function;
-* distribution specifics: :func:`inside_compiled_step`,
-  :func:`strategy_scope_of` (the distribution scope a variable lives in).
+* the trainer and distribution specifics: :func:`inside_compiled_step`,
+  :func:`strategy_scope_of` (the distribution scope a variable lives in),
+  :func:`float64` (a context where float64 arrays stay float64),
+  :data:`PROJECTS_IN_MODEL_STEP` and :func:`install_projection_step`
+  (where a constraint can read its state during ``fit``).
 
-``keras_capacity.backend.tensorflow`` implements them; the module matching
-``keras.backend.backend()`` is the one imported here.
+``keras_capacity.backend.tensorflow`` and ``keras_capacity.backend.jax``
+implement them; the module matching ``keras.backend.backend()`` is the one
+imported here.
 """
 
 import importlib
@@ -26,7 +30,7 @@ import importlib
 import keras
 
 _BACKEND = keras.backend.backend()
-SUPPORTED = ("tensorflow",)
+SUPPORTED = ("tensorflow", "jax")
 
 if _BACKEND not in SUPPORTED:
     raise ImportError(
@@ -49,5 +53,8 @@ assert_finite = _module.assert_finite
 eager_value = _module.eager_value
 linear_adjoint = _module.linear_adjoint
 compile = _module.compile
+float64 = _module.float64
 inside_compiled_step = _module.inside_compiled_step
 strategy_scope_of = _module.strategy_scope_of
+PROJECTS_IN_MODEL_STEP = _module.PROJECTS_IN_MODEL_STEP
+install_projection_step = _module.install_projection_step

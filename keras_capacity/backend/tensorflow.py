@@ -1,8 +1,16 @@
-"""The TensorFlow side of :mod:`keras_capacity.backend`."""
+"""The TensorFlow side of :mod:`keras_capacity.backend`.
+
+Keras's TensorFlow trainer applies constraints inside the compiled train
+step with every variable readable and assignable, so ``LipDist`` projects
+there itself (:func:`install_projection_step` has nothing to do).
+"""
 
 import contextlib
 
 import tensorflow as tf
+
+# Constraints project where Keras calls them, in the optimizer's step.
+PROJECTS_IN_MODEL_STEP = False
 
 
 def complex_dtype(dtype):
@@ -88,9 +96,19 @@ def compile(function):
     return tf.function(function, reduce_retracing=True)
 
 
-def inside_compiled_step():
-    """Whether the code runs while a compiled function (the train step) is traced."""
+def inside_compiled_step(x):
+    """Whether the code runs while a compiled function (the train step) is
+    traced (``x``, a tensor of it, is not needed here)."""
     return tf.inside_function()
+
+
+def float64():
+    """A context in which arrays may be float64 (always, on TensorFlow)."""
+    return contextlib.nullcontext()
+
+
+def install_projection_step(model, pairs):
+    """Nothing to do: the constraints project in the optimizer's step."""
 
 
 def strategy_scope_of(variable):

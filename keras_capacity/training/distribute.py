@@ -1,19 +1,32 @@
-"""Distribution for the training program on TensorFlow: ``tf.distribute``
-strategies, logical CPU devices, ``TF_CONFIG`` and the multi-worker fixes."""
+"""Distribution for the training program: on TensorFlow ``tf.distribute``
+strategies, logical CPU devices, ``TF_CONFIG`` and the multi-worker fixes;
+on JAX ``keras.distribution.DataParallel``.
 
+``--strategy`` on JAX: ``auto`` is data parallelism over all accelerators
+when there are several (else one device), ``mirrored`` over the
+accelerators or the ``--cpu_devices`` CPU devices, ``one_device`` one
+device; ``multi_worker`` is TensorFlow's and is refused.
+"""
+
+import contextlib
 import json
 import os
 
+import keras
 import tensorflow as tf
 
 from keras_capacity.training.config import ConfigError
 
+JAX = keras.backend.backend() == "jax"
+
 
 def split_cpu(count):
-    """Splits the CPU into ``count`` logical devices (nothing to do for 1).
-    TensorFlow allows this only before it starts; a process where it
-    already runs with ``count`` devices is fine, another count is a
+    """Splits the CPU into ``count`` devices (nothing to do for 1).
+    TensorFlow and JAX allow this only before they start; a process where
+    it already runs with ``count`` devices is fine, another count is a
     :class:`ConfigError`."""
+    if JAX:
+        return _split_jax_cpu(count)
     cpu = tf.config.list_physical_devices("CPU")[0]
     configured = tf.config.get_logical_device_configuration(cpu)
     if count == 1 or len(configured or []) == count:
@@ -63,10 +76,58 @@ def tf_config():
     return config
 
 
+def _split_jax_cpu(count):
+    import jax
+
+    if count > 1:
+        flags = os.environ.get("XLA_FLAGS", "")
+        if "xla_force_host_platform_device_count" not in flags:
+            os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}"
+    found = len(jax.devices("cpu"))
+    if count > 1 and found != count:
+        raise ConfigError(
+            f"--cpu_devices={count}: JAX already runs in this process with {found} CPU "
+            f"device(s); start it with XLA_FLAGS=--xla_force_host_platform_device_count={count}."
+        )
+
+
+class JaxDataParallel:
+    """``keras.distribution.DataParallel`` over ``devices`` (or nothing for
+    one device), with the two things the training program asks of a
+    ``tf.distribute`` strategy."""
+
+    def __init__(self, devices):
+        self.distribution = (
+            keras.distribution.DataParallel(devices=devices) if len(devices) > 1 else None
+        )
+        self.num_replicas_in_sync = len(devices)
+
+    def scope(self):
+        return self.distribution.scope() if self.distribution else contextlib.nullcontext()
+
+
+def _jax_strategy(name):
+    import jax
+
+    if name == "multi_worker":
+        raise ConfigError(
+            "--strategy=multi_worker is TensorFlow's; on JAX use one process per "
+            "machine with --strategy=mirrored, or the TensorFlow backend."
+        )
+    accelerators = [d for d in jax.devices() if d.platform != "cpu"]
+    if name == "mirrored":
+        return JaxDataParallel(accelerators or jax.devices("cpu"))
+    if name == "auto" and len(accelerators) > 1:
+        return JaxDataParallel(accelerators)
+    return JaxDataParallel((accelerators or jax.devices("cpu"))[:1])
+
+
 def create_strategy(name):
     """The ``tf.distribute`` strategy ``name`` (a :class:`RunConfig`'s
-    ``strategy``). ``multi_worker`` must come before anything starts
-    TensorFlow's runtime."""
+    ``strategy``; on JAX a :class:`JaxDataParallel`). ``multi_worker`` must
+    come before anything starts TensorFlow's runtime."""
+    if JAX:
+        return _jax_strategy(name)
     if name == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")

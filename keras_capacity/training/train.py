@@ -44,7 +44,7 @@ FINAL_PROJECTION_ROUNDS = 15
 class Setup:
     """What the resolve phase found: how and on what the run trains."""
 
-    strategy: tf.distribute.Strategy
+    strategy: object  # a tf.distribute.Strategy, or distribute.JaxDataParallel
     cluster: dict | None
     data: datasets.Data
 
@@ -59,7 +59,9 @@ class Setup:
 
 def resolve(config):
     """Phase 1: the strategy and the data of ``config`` (nothing written)."""
-    cluster = distribute.tf_config() if config.strategy == "multi_worker" else None
+    cluster = (
+        distribute.tf_config() if config.strategy == "multi_worker" and not distribute.JAX else None
+    )
     distribute.split_cpu(config.cpu_devices)
     strategy = distribute.create_strategy(config.strategy)
     if config.bs % strategy.num_replicas_in_sync:
@@ -210,8 +212,13 @@ def versions():
         "keras_capacity": keras_capacity.__version__,
         "keras": keras.__version__,
         "tensorflow": tf.__version__,
+        "keras_backend": keras.backend.backend(),
         "python": platform.python_version(),
     }
+    if keras.backend.backend() == "jax":
+        import jax
+
+        found["jax"] = jax.__version__
     source = os.path.dirname(os.path.abspath(keras_capacity.__file__))
     try:
         commit = subprocess.run(

@@ -1,0 +1,163 @@
+"""The JAX side of :mod:`keras_capacity.backend`.
+
+**Where the constraint projects on JAX.** Keras's JAX trainer applies
+constraints inside ``optimizer.stateless_apply``, whose scope maps only the
+trainable and the optimizer variables; during ``fit`` the model's other
+variables hold no values at all (the state travels as arrays), so a
+constraint cannot read ``K0`` or count steps there. :func:`keras_capacity.bind`
+therefore installs a projection into the model's own train step
+(:func:`install_projection_step`): after Keras's step, every ``LipDist``
+projects its kernel with the whole state mapped (kernels, ``K0``, step
+counts, estimator state), and the updated arrays go on in the state. The
+optimizer's own call of the constraint leaves the kernel as it is.
+"""
+
+import contextlib
+
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+from keras import ops
+
+# Constraints project in the model's train step, not in the optimizer's.
+PROJECTS_IN_MODEL_STEP = True
+
+
+def complex_dtype(dtype):
+    return jnp.complex128 if jnp.dtype(dtype) == jnp.float64 else jnp.complex64
+
+
+def complex(real, imaginary):  # noqa: A001
+    return jax.lax.complex(real, imaginary)
+
+
+def matmul(a, b):
+    return jnp.matmul(a, b)
+
+
+def fft2(x):
+    return jnp.fft.fft2(x)
+
+
+def ifft2(x):
+    return jnp.fft.ifft2(x)
+
+
+def rfft2(x):
+    return jnp.fft.rfft2(x)
+
+
+def irfft2(x, size):
+    return jnp.fft.irfft2(x, s=size)
+
+
+# On the CPU, JAX 0.10's LAPACK kernels split a batch of matrices over XLA's
+# intra-op thread pool and block a pool thread until the pieces are done;
+# two such kernels running at once (the projection's real and complex
+# decompositions, or two simulated devices) occupy both threads of a
+# 2-core machine and wait forever (seen with chunks of 16 matrices as with
+# the whole batch). One matrix per call never enters the pool, so on the CPU
+# the batch is decomposed one matrix at a time in a loop inside the compiled
+# step; accelerators take the whole batch.
+def _batched(decompose, matrices):
+    if jax.default_backend() != "cpu" or matrices.ndim < 3 or matrices.shape[0] == 1:
+        return decompose(matrices)
+    return jax.lax.map(decompose, matrices)
+
+
+def eigh(matrices):
+    values, vectors = _batched(jnp.linalg.eigh, matrices)
+    return jnp.real(values), vectors
+
+
+def eigvalsh(matrices):
+    return jnp.real(_batched(jnp.linalg.eigvalsh, matrices))
+
+
+def stateless_normal(shape, seed, dtype):
+    key = jax.random.fold_in(jax.random.key(7), ops.cast(seed[0], "uint32"))
+    return jax.random.normal(key, shape, dtype=dtype)
+
+
+def assert_finite(x, check, message):
+    """``x``: JAX's compiled steps have no run-time assertions (as XLA on
+    TensorFlow); a non-finite kernel reaches the loss, where the training
+    program stops on it."""
+    return x
+
+
+def eager_value(variable):
+    return np.asarray(variable.value)
+
+
+def linear_adjoint(linear_map, input_shape, y, dtype):
+    x = jnp.zeros((y.shape[0], *input_shape), dtype=dtype)
+    _, pullback = jax.vjp(linear_map, x)
+    return pullback(y)[0]
+
+
+def compile(function):  # noqa: A001
+    return jax.jit(function)
+
+
+def float64():
+    """A context in which arrays may be float64 (JAX makes them float32
+    unless 64-bit types are enabled): for the reported float64 norms."""
+    return jax.enable_x64(True)
+
+
+def inside_compiled_step(x):
+    """Whether ``x`` is being traced (inside ``jax.jit``)."""
+    return isinstance(ops.convert_to_tensor(x), jax.core.Tracer)
+
+
+def strategy_scope_of(variable):
+    return contextlib.nullcontext()
+
+
+def _replicated(function):
+    """``function`` computed whole on every device of the active Keras
+    distribution (its arguments and results replicated, as the state of a
+    data-parallel model is), not partitioned: XLA's partitioning of the
+    projection's eigendecompositions across CPU devices can deadlock."""
+    distribution = keras.distribution.distribution()
+    mesh = getattr(getattr(distribution, "device_mesh", None), "backend_mesh", None)
+    if mesh is None or mesh.size == 1:
+        return function
+    spec = jax.sharding.PartitionSpec()
+    return jax.shard_map(function, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)
+
+
+def install_projection_step(model, pairs):
+    """Wraps ``model.train_step`` (once) so that after Keras's step every
+    constrained kernel of ``pairs`` (``[(layer, LipDist)]``) is projected
+    with the whole state mapped; see the module docstring."""
+    for _, constraint in pairs:
+        constraint.projects_in_model_step = True
+    installed = getattr(model.train_step, "keras_capacity_pairs", None)
+    if installed is not None:
+        installed[:] = pairs
+        return
+    original = model.train_step
+
+    def project(values):
+        variables = list(model.trainable_variables) + list(model.non_trainable_variables)
+        mapping = list(zip(variables, values, strict=True))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            for layer, constraint in train_step.keras_capacity_pairs:
+                layer.kernel.assign(constraint.train_step_projection(layer.kernel))
+        updated = []
+        for variable, value in mapping:
+            new = scope.get_current_value(variable)
+            updated.append(value if new is None else new)
+        return updated
+
+    def train_step(state, data):
+        logs, (trainable, non_trainable, optimizer_state, metrics) = original(state, data)
+        updated = _replicated(project)(list(trainable) + list(non_trainable))
+        count = len(trainable)
+        return logs, (updated[:count], updated[count:], optimizer_state, metrics)
+
+    train_step.keras_capacity_pairs = list(pairs)
+    model.train_step = train_step

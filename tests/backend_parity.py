@@ -1,0 +1,137 @@
+"""The same computations on any Keras backend, for comparing backends.
+
+    KERAS_BACKEND=tensorflow python tests/backend_parity.py OUT.npz
+
+:func:`results` projects fixed kernels (exact projections now, and the
+train step's projections with their in-graph estimators), computes exact
+norms, runs the layers, and measures a small model (layer table, margins,
+bounds), all from numpy inputs of fixed seeds; the arrays it returns must
+agree across backends to float32 precision.
+"""
+
+import sys
+
+import keras
+import numpy as np
+from keras import ops
+
+import keras_capacity as kc
+from keras_capacity import bounds, fourier, models, orthogonal, radial
+
+RNG = np.random.default_rng(7)
+
+
+def _bound_layer(layer, input_shape, kernel):
+    model = keras.Sequential([keras.Input(input_shape), layer])
+    layer.kernel.assign(kernel.astype(np.float32))
+    kc.bind(model)
+    return layer
+
+
+def _projections(out):
+    cases = {
+        "dense": (lambda c: keras.layers.Dense(6, use_bias=False, kernel_constraint=c), (9,)),
+        "same": (
+            lambda c: keras.layers.Conv2D(
+                5, 3, padding="same", use_bias=False, kernel_constraint=c
+            ),
+            (8, 8, 3),
+        ),
+        "strided_valid": (
+            lambda c: keras.layers.Conv2D(5, 3, strides=2, use_bias=False, kernel_constraint=c),
+            (9, 9, 3),
+        ),
+        "circular": (
+            lambda c: kc.CircularConv2D(5, 3, use_bias=False, kernel_constraint=c),
+            (8, 8, 3),
+        ),
+        "circular_strided": (
+            lambda c: kc.CircularConv2D(6, 3, strides=2, use_bias=False, kernel_constraint=c),
+            (8, 8, 3),
+        ),
+        "circular_fills_grid": (
+            lambda c: kc.CircularConv2D(4, 2, use_bias=False, kernel_constraint=c),
+            (2, 2, 6),
+        ),
+    }
+    for name, (make, shape) in cases.items():
+        modes = ("radial",) if name in ("same", "strided_valid") else ("radial", "orthogonal")
+        for mode in modes:
+            layer = make(kc.LipDist(0.5, 1.5, mode=mode, n_iter=2))
+            keras.Sequential([keras.Input(shape), layer])
+            kernel = RNG.standard_normal(tuple(layer.kernel.shape))
+            layer = _bound_layer(layer, shape, kernel)
+            constraint = layer.kernel_constraint
+            k0 = ops.convert_to_numpy(constraint.initial_kernel)
+            moved = (k0 + 0.4 * RNG.standard_normal(k0.shape)).astype(np.float32)
+            out[f"{name}/{mode}/bound_k0"] = k0
+            out[f"{name}/{mode}/project_now"] = ops.convert_to_numpy(
+                constraint.project(ops.convert_to_tensor(moved))
+            )
+            if mode == "orthogonal":
+                step = orthogonal.project(
+                    ops.convert_to_tensor(moved),
+                    ops.convert_to_tensor(k0),
+                    0.5,
+                    1.5,
+                    constraint.geometry,
+                    1,
+                )
+                out[f"{name}/{mode}/train_step"] = ops.convert_to_numpy(step)
+            elif not constraint.tracks_directions:  # the exact in-graph norms
+                step, _ = radial.project(
+                    ops.convert_to_tensor(moved),
+                    ops.convert_to_tensor(k0),
+                    0.5,
+                    1.5,
+                    1,
+                    lambda v, s, c=constraint: c.estimator.in_graph(v, s, 1),
+                    (),
+                )
+                out[f"{name}/{mode}/train_step"] = ops.convert_to_numpy(step)
+            if fourier.is_circular(constraint.geometry):
+                out[f"{name}/{mode}/fourier_norm"] = np.float64(
+                    fourier.spectral_norm(ops.convert_to_tensor(moved), constraint.geometry)
+                )
+
+
+def _layers(out):
+    x = RNG.standard_normal((3, 6, 6, 4)).astype(np.float32)
+    conv = kc.CircularConv2D(3, 3, strides=2, dilation_rate=1, use_bias=False)
+    conv.build((None, 6, 6, 4))
+    conv.kernel.assign(RNG.standard_normal((3, 3, 4, 3)).astype(np.float32))
+    out["layers/circular_conv"] = ops.convert_to_numpy(conv(x))
+    out["layers/pooling_shortcut"] = ops.convert_to_numpy(kc.PoolingShortcut(lip=1.2)(x))
+    out["layers/group_sort"] = ops.convert_to_numpy(kc.GroupSort(2)(x))
+    simplex = kc.SimplexClassifier(5)
+    out["layers/simplex"] = ops.convert_to_numpy(simplex(x.reshape(3, -1)[:, :16]))
+
+
+def _model(out):
+    model = models.simple_convnet6(4, n_channels=4, lip=(2, 1.5, -1, 2), dist=(4, 4, -1, 2))
+    for variable in model.trainable_weights:  # the same weights on every backend
+        variable.assign(0.3 * RNG.standard_normal(tuple(variable.shape)).astype(np.float32))
+    kc.bind(model)
+    x = RNG.standard_normal((20, 32, 32, 3)).astype(np.float32)
+    y = RNG.integers(0, 4, 20)
+    rows = kc.layer_table(model)
+    out["model/lipschitz"] = np.array([r["lipschitz"] for r in rows])
+    out["model/distance"] = np.array([r["distance"] for r in rows])
+    out["model/network_lipschitz"] = np.float64(kc.network_lipschitz(model))
+    out["model/margins"] = kc.margins(model, x, y)
+    q = bounds.measure_quantities(model, x, y)
+    out["model/bounds"] = np.array(list(bounds.all_bounds(q, gamma=1.0).values()))
+    out["model/patch_norms"] = np.array(q.patch_norms)
+
+
+def results():
+    out = {}
+    _projections(out)
+    _layers(out)
+    _model(out)
+    return out
+
+
+if __name__ == "__main__":
+    keras.utils.set_random_seed(0)
+    np.savez(sys.argv[1], **results())

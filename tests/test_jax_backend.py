@@ -1,0 +1,253 @@
+"""The library and the training program on Keras's JAX backend
+(``make test-jax`` runs this file with ``KERAS_BACKEND=jax``): the same
+numbers as on TensorFlow, the constraint's state through JAX's stateless
+train step, models moving between backends, data parallelism on two CPU
+devices, and ``train_main.py``."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from conftest import TINY_RUN_FLAGS, command_environment, operator_matrix
+
+import keras_capacity as kc
+from keras_capacity import models
+from keras_capacity.constraints import DISTANCE_TOLERANCE, LIPSCHITZ_TOLERANCE
+
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() != "jax", reason="the JAX job runs this file (make test-jax)"
+)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def on_tensorflow(code, *args, timeout=300):
+    """Runs ``code`` in a TensorFlow-backend Python process."""
+    result = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=command_environment(KERAS_BACKEND="tensorflow", XLA_FLAGS=""),
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_the_same_numbers_as_on_tensorflow(tmp_path):
+    """Same kernels in, same projected kernels, norms, layer outputs and
+    bounds out, to float32 precision."""
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    import backend_parity
+
+    on_tensorflow(
+        "import runpy, sys; sys.argv = ['backend_parity.py', sys.argv[1]]; "
+        "import keras; keras.utils.set_random_seed(0); "
+        "runpy.run_path('tests/backend_parity.py', run_name='__main__')",
+        tmp_path / "tensorflow.npz",
+    )
+    expected = np.load(tmp_path / "tensorflow.npz")
+    keras.utils.set_random_seed(0)
+    found = backend_parity.results()
+    assert set(found) == set(expected) and len(found) > 40
+    for name, value in found.items():
+        reference = expected[name].astype(np.float64)
+        scale = max(float(np.max(np.abs(reference))), 1e-12)
+        assert np.max(np.abs(np.asarray(value, np.float64) - reference)) <= 2e-5 * scale, name
+
+
+def one_step(model, x, y):
+    model.fit(x, y, batch_size=len(x), epochs=1, verbose=0)
+
+
+@pytest.mark.parametrize("padding", ["same", "circular"])
+def test_every_15_projects_at_steps_15_and_30_only(padding):
+    """The step count, K0 and the estimator's state travel through JAX's
+    stateless train step: dropped, the projections would land elsewhere."""
+    lip, dist = 0.5, 3.0
+    make = kc.CircularConv2D if padding == "circular" else keras.layers.Conv2D
+    kwargs = {} if padding == "circular" else {"padding": "same"}
+    conv = make(4, 3, use_bias=False, kernel_constraint=kc.LipDist(lip, dist, every=15), **kwargs)
+    model = keras.Sequential([keras.Input((6, 6, 2)), conv])
+    kc.bind(model)
+    model.compile(keras.optimizers.SGD(2.0), "mse")
+    k0 = np.array(conv.kernel_constraint.initial_kernel.numpy())
+    rng = np.random.default_rng(0)
+    inside = []
+    for step in range(1, 31):
+        x = rng.standard_normal((4, 6, 6, 2)).astype(np.float32)
+        one_step(model, x, 10 * rng.standard_normal((4, 6, 6, 4)).astype(np.float32))
+        assert int(conv.kernel_constraint.steps.numpy()) == step
+        norm = np.linalg.norm(operator_matrix(conv, (6, 6, 2)), 2)
+        holds = norm <= lip * (1 + LIPSCHITZ_TOLERANCE) and kc.distance(conv) <= dist * (
+            1 + DISTANCE_TOLERANCE
+        )
+        inside.append(holds)
+        if step in (15, 30):
+            assert holds, (step, norm)
+    assert inside.count(True) == 2, inside  # only the projecting steps
+    np.testing.assert_array_equal(conv.kernel_constraint.initial_kernel.numpy(), k0)
+
+
+def test_large_steps_keep_the_tracked_and_exact_bounds():
+    layers = [
+        keras.layers.Conv2D(
+            6, 3, padding="same", use_bias=False, kernel_constraint=kc.LipDist(0.5, 20.0)
+        ),
+        keras.layers.Flatten(),
+        keras.layers.Dense(5, use_bias=False, kernel_constraint=kc.LipDist(0.5, 20.0)),
+    ]
+    model = keras.Sequential([keras.Input((10, 10, 4)), *layers])
+    kc.bind(model)
+    model.compile(keras.optimizers.SGD(1.0), "mse")
+    rng = np.random.default_rng(1)
+    for _ in range(15):
+        one_step(
+            model,
+            rng.standard_normal((8, 10, 10, 4)).astype(np.float32),
+            10 * rng.standard_normal((8, 5)).astype(np.float32),
+        )
+        assert np.linalg.norm(operator_matrix(layers[0], (10, 10, 4)), 2) <= 0.5 * (
+            1 + LIPSCHITZ_TOLERANCE
+        )
+        assert np.linalg.norm(layers[2].kernel.numpy(), 2) <= 0.5 * (1 + LIPSCHITZ_TOLERANCE)
+
+
+REPEATED_PROJECTION = """
+import sys, jax, numpy as np
+from keras_capacity import operators, orthogonal
+geometry = operators.OperatorGeometry("conv2d", (32, 32), padding="circular")
+rng = np.random.default_rng(0)
+kernel = (0.05 * rng.standard_normal((3, 3, 64, 64))).astype("float32")
+project = jax.jit(lambda k: orthogonal.project(k, 0.9 * k, 1.0, float("inf"), geometry, 1))
+for _ in range(20):
+    projected = jax.block_until_ready(project(kernel))
+np.save(sys.argv[1], np.asarray(projected))
+"""
+
+
+def test_repeated_compiled_projections_of_a_wide_conv_finish(tmp_path):
+    """The 514 decompositions of a 64-channel 32x32 circular projection,
+    compiled and called again and again on the CPU, return (JAX's batched
+    LAPACK kernels deadlocked the second or twelfth call on 2 cores); the
+    result lies in the spectral ball by numpy's SVD of its FFT blocks."""
+    subprocess.run(
+        [sys.executable, "-c", REPEATED_PROJECTION, tmp_path / "projected.npy"],
+        cwd=ROOT,
+        check=True,
+        env=command_environment(KERAS_BACKEND="jax", XLA_FLAGS=""),
+        timeout=240,
+    )
+    projected = np.load(tmp_path / "projected.npy").astype(np.float64)
+    blocks = np.fft.fft2(np.pad(projected, ((0, 29), (0, 29), (0, 0), (0, 0))), axes=(0, 1))
+    largest = np.linalg.svd(blocks, compute_uv=False).max()
+    assert 0.99 < largest <= 1.0 + LIPSCHITZ_TOLERANCE
+
+
+def test_fit_without_bind_is_one_clear_error():
+    conv = keras.layers.Conv2D(4, 3, padding="same", kernel_constraint=kc.LipDist(0.5))
+    model = keras.Sequential([keras.Input((6, 6, 2)), conv])
+    model.compile("sgd", "mse")
+    with pytest.raises(ValueError, match=r"keras_capacity\.bind\(model\)"):
+        one_step(model, np.zeros((2, 6, 6, 2), np.float32), np.zeros((2, 6, 6, 4), np.float32))
+
+
+SAVE_ON_TENSORFLOW = """
+import sys, numpy as np, keras, keras_capacity as kc
+from keras_capacity import models
+model = models.simple_convnet6(10, n_channels=4, lip=(2, 1.5, -1, 2), dist=(4, 4, -1, 2),
+                               mode="orthogonal", every=3)
+kc.bind(model)
+loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+model.compile(keras.optimizers.SGD(0.5), loss)
+x = np.random.default_rng(0).standard_normal((8, 32, 32, 3)).astype("float32")
+model.fit(x, np.arange(8) % 10, batch_size=8, epochs=2, verbose=0)
+model.save(sys.argv[1])
+np.savez(sys.argv[2], **{layer.name: c.initial_kernel.numpy()
+                        for layer, c in kc.binding.constrained_layers(model)})
+"""
+
+LOAD_ON_TENSORFLOW = """
+import sys, numpy as np, keras, keras_capacity as kc
+model = keras.models.load_model(sys.argv[1], compile=False)
+saved = np.load(sys.argv[2])
+for layer, c in kc.binding.constrained_layers(model):
+    np.testing.assert_array_equal(c.initial_kernel.numpy(), saved[layer.name])
+    assert c.mode == "orthogonal" and c.every == 3
+print("K0 and settings kept")
+"""
+
+
+def test_a_model_moves_between_backends_with_its_k0(tmp_path):
+    on_tensorflow(SAVE_ON_TENSORFLOW, tmp_path / "tf.keras", tmp_path / "tf_k0.npz")
+    model = keras.models.load_model(tmp_path / "tf.keras", compile=False)
+    saved = np.load(tmp_path / "tf_k0.npz")
+    pairs = kc.binding.constrained_layers(model)
+    for layer, constraint in pairs:
+        np.testing.assert_array_equal(constraint.initial_kernel.numpy(), saved[layer.name])
+        assert (constraint.mode, constraint.every, constraint.is_bound) == ("orthogonal", 3, True)
+    # Trained on JAX from there, the original K0 stays; saved back, TensorFlow reads it.
+    kc.bind(model)
+    model.compile(
+        keras.optimizers.SGD(0.5), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    x = np.random.default_rng(1).standard_normal((8, 32, 32, 3)).astype(np.float32)
+    model.fit(x, np.arange(8) % 10, batch_size=8, epochs=1, verbose=0)
+    assert all(row["holds"] for row in kc.layer_table(model))
+    model.save(tmp_path / "jax.keras")
+    result = on_tensorflow(LOAD_ON_TENSORFLOW, tmp_path / "jax.keras", tmp_path / "tf_k0.npz")
+    assert "K0 and settings kept" in result.stdout
+
+
+def test_data_parallel_on_two_cpu_devices():
+    import jax
+
+    assert len(jax.devices()) == 2
+    distribution = keras.distribution.DataParallel(devices=jax.devices())
+    with distribution.scope():
+        model = models.simple_convnet6(
+            10, n_channels=8, lip=(2, 1.5, -1, 2), dist=(4, 4, -1, 2), mode="orthogonal", every=2
+        )
+        kc.bind(model)
+        model.compile(
+            keras.optimizers.SGD(0.5), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        )
+        x = np.random.default_rng(0).standard_normal((64, 32, 32, 3)).astype(np.float32)
+        model.fit(x, np.arange(64) % 10, batch_size=16, epochs=2, verbose=0)  # 8 steps
+    for layer, constraint in kc.binding.constrained_layers(model):
+        shards = [np.asarray(shard.data) for shard in layer.kernel.value.addressable_shards]
+        assert len(shards) == 2
+        np.testing.assert_array_equal(shards[0], shards[1])  # the replicas agree
+        assert int(constraint.steps.numpy()) == 8
+    assert all(row["holds"] for row in kc.layer_table(model))
+
+
+def test_train_main_on_jax_with_two_devices(tmp_path):
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "train_main.py",
+            *TINY_RUN_FLAGS,
+            "--lip=2,1.5,-1,2",
+            "--dist=4,4,-1,2",
+            "--proj_freq=1",
+            "--strategy=mirrored",
+            "--cpu_devices=2",
+            f"--logdir={run_dir}",
+        ],
+        cwd=ROOT,
+        env=command_environment(KERAS_BACKEND="jax", XLA_FLAGS=""),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["replicas"] == 2 and summary["all_constraints_hold"]
+    assert summary["versions"]["keras_backend"] == "jax"
+    assert (run_dir / "report.md").exists()

@@ -352,3 +352,22 @@ def test_bound_lines_can_be_told_apart():
     styles = [report.line_style(name, i) for i, name in enumerate(bounds.BOUNDS)]
     assert len({(s["color"], s["linestyle"]) for s in styles}) == 12
     assert styles[0]["linewidth"] > max(s["linewidth"] for s in styles[2:])
+
+
+def test_every_worker_s_backup_folder_exists_before_fit(tmp_path):
+    """Keras's BackupAndRestore checks for its folder, then makes it without
+    ``exist_ok``: a second worker making its own folder inside the chief's
+    in between ended the chief's fit (seen once in the multi-worker test).
+    Both folders are made before fit."""
+    from keras_capacity.training import distribute
+
+    folder = str(tmp_path / "backup")
+    workers = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
+    second = distribute.backup_dir(
+        folder, {"cluster": workers, "task": {"type": "worker", "index": 1}}
+    )
+    assert second == os.path.join(folder, "worker1") and os.path.isdir(second)
+    chief = distribute.backup_dir(
+        folder, {"cluster": workers, "task": {"type": "worker", "index": 0}}
+    )
+    assert chief == folder and os.path.isdir(chief)

@@ -153,12 +153,16 @@ def is_chief(cluster):
 
 
 def backup_dir(folder, cluster):
-    """Where this process keeps its ``BackupAndRestore`` files: workers
-    other than the chief each keep their own (Keras 3 would have them all
-    write one file), inside the chief's ``folder`` so it is removed with it."""
-    if is_chief(cluster):
-        return folder
-    return os.path.join(folder, f"{cluster['task']['type']}{cluster['task']['index']}")
+    """Where this process keeps its ``BackupAndRestore`` files, created:
+    workers other than the chief each keep their own (Keras 3 would have
+    them all write one file), inside the chief's ``folder`` so it is removed
+    with it. Created here because Keras checks for the folder and then
+    makes it, which fails when a worker makes its own inside it meanwhile."""
+    own = folder
+    if not is_chief(cluster):
+        own = os.path.join(folder, f"{cluster['task']['type']}{cluster['task']['index']}")
+    os.makedirs(own, exist_ok=True)
+    return own
 
 
 def patch_for_multi_worker(model, batch):

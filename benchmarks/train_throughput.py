@@ -43,7 +43,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import numpy as np
 import tensorflow as tf
-from step_timer import StepTimer  # benchmarks/, the script's folder
+from paper_resnet import compiled_resnet  # benchmarks/, the script's folder
+from step_timer import StepTimer
 
 import keras_capacity as kc
 from keras_capacity import backend, fourier, models, projections
@@ -66,15 +67,7 @@ def build(**constraints):
 
 
 def resnet(mode=None):
-    keras.utils.set_random_seed(0)
-    settings = {**REFERENCE, "mode": mode} if mode else {}
-    model = models.preact_resnet18(10, **settings)
-    kc.bind(model)
-    model.compile(
-        keras.optimizers.SGD(0.003, momentum=0.9),
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
-    return model
+    return compiled_resnet(**({**REFERENCE, "mode": mode} if mode else {}))
 
 
 def decomposition_floor(model, vectors, repeats=5):

@@ -1,0 +1,117 @@
+"""Constrained training and projections on an accelerator, through Keras's
+JAX backend, measured in one run (needs JAX, Keras and this package; no
+TensorFlow).
+
+    KERAS_BACKEND=jax python benchmarks/gpu.py [--batch 256] [--steps 30] [--rounds 2]
+
+1. Step time of ``preact_resnet18`` (the paper's network) on random
+   CIFAR-shaped data: unconstrained, and at the reference's settings
+   (lip 2.0,0.8,1.4,1.0, dist 90,90,90,0, proj_freq 15) with the
+   orthogonal and the radial projection. The three take turns for
+   ``--rounds`` rounds of ``--steps`` steps (projections at steps 15 and
+   30); a step's time is a whole ``fit`` call's over its steps (JAX
+   dispatches asynchronously: per-step callbacks would time the dispatch).
+   Targets: constrained >= 0.95x unconstrained.
+2. One orthogonal projection (both constraints, one Dykstra round, the
+   feasibility step), compiled, of a 64->64 3x3 circular convolution on
+   32x32 and of a 512->512 one on 4x4: the median over 20 calls. Target:
+   the 64->64 one <= 5 ms.
+
+When a GPU is lent, carry the Keras wheel and run it there (see
+benchmarks/RESULTS.md); nothing depends on it.
+"""
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import jax
+import keras
+import numpy as np
+from paper_resnet import compiled_resnet  # benchmarks/, the script's folder
+
+import keras_capacity as kc
+from keras_capacity import orthogonal
+
+REFERENCE = dict(lip=(2.0, 0.8, 1.4, 1.0), dist=(90, 90, 90, 0), n_iter=1, every=15)
+
+
+def resnet(mode):
+    return compiled_resnet(**({**REFERENCE, "mode": mode} if mode else {}))
+
+
+def training_ratios(batch, steps, rounds):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch * steps, 32, 32, 3)).astype("float32")
+    y = rng.integers(0, 10, len(x))
+    runs = {
+        name: resnet(mode)
+        for name, mode in (
+            ("unconstrained", None),
+            ("orthogonal", "orthogonal"),
+            ("radial", "radial"),
+        )
+    }
+    for model in runs.values():  # compiling, and the step counters to a period's start
+        model.fit(x, y, batch_size=batch, epochs=1, verbose=0)
+    seconds = {name: [] for name in runs}
+    for turn in range(rounds):
+        for name in list(runs) if turn % 2 == 0 else list(reversed(runs)):
+            start = time.perf_counter()
+            runs[name].fit(x, y, batch_size=batch, epochs=1, verbose=0)
+            seconds[name].append((time.perf_counter() - start) / steps)
+    step = {name: float(np.mean(times)) for name, times in seconds.items()}
+    print(f"preact_resnet18, batch {batch}, reference settings, proj_freq 15:")
+    for name, value in step.items():
+        print(
+            f"  {name:14s} {1000 * value:8.2f} ms/step  {batch / value:8.0f} images/s  "
+            f"ratio {step['unconstrained'] / value:.3f}"
+        )
+
+
+def projection_time(channels, size, repeats=20):
+    conv = kc.CircularConv2D(
+        channels,
+        3 if size > 2 else size,
+        use_bias=False,
+        kernel_constraint=kc.LipDist(1.0, 50, mode="orthogonal"),
+    )
+    kc.bind(keras.Sequential([keras.Input((size, size, channels)), conv]))
+    constraint = conv.kernel_constraint
+    k0 = constraint.initial_kernel.value
+    project = jax.jit(
+        lambda kernel: orthogonal.project(kernel, k0, 1.0, 50.0, constraint.geometry, 1)
+    )
+    kernel = jax.numpy.asarray(1.5 * np.asarray(conv.kernel.value))
+    project(kernel).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        project(kernel).block_until_ready()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    device = jax.devices()[0]
+    print(
+        f"device: {device.platform} {getattr(device, 'device_kind', '')}; jax {jax.__version__},"
+        f" keras {keras.__version__}, backend {keras.backend.backend()}"
+    )
+    for channels, size in ((64, 32), (512, 4)):
+        print(
+            f"one orthogonal projection, {channels}->{channels} 3x3 circular conv on "
+            f"{size}x{size}: {1000 * projection_time(channels, size):.2f} ms"
+        )
+    training_ratios(args.batch, args.steps, args.rounds)
+
+
+if __name__ == "__main__":
+    main()

@@ -22,7 +22,7 @@ lint: $(STAMP)
 	$(PYTHON) -m ruff format --check .
 
 test: lint
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n 2  # two processes (pytest-xdist): the subprocess tests overlap
 	$(MAKE) test-jax
 
 test-jax: $(STAMP)

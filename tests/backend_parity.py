@@ -4,9 +4,10 @@
 
 :func:`results` projects fixed kernels (exact projections now, and the
 train step's projections with their in-graph estimators), computes exact
-norms, runs the layers, and measures a small model (layer table, margins,
-bounds), all from numpy inputs of fixed seeds; the arrays it returns must
-agree across backends to float32 precision.
+norms, runs the layers, measures a small model (layer table, margins,
+bounds) and retrofits a plain one (``constrain``, ``project``,
+``lipschitz``, ``distance``), all from numpy inputs of fixed seeds; the
+arrays it returns must agree across backends to float32 precision.
 """
 
 import sys
@@ -124,11 +125,36 @@ def _model(out):
     out["model/patch_norms"] = np.array(q.patch_norms)
 
 
+def _retrofit(out):
+    """``constrain`` on a plain model, then ``project``, ``lipschitz`` and
+    ``distance`` of its layers after the kernels moved."""
+    plain = keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            keras.layers.Conv2D(4, 3, padding="same", name="conv"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(5, name="dense"),
+        ]
+    )
+    for variable in plain.trainable_weights:
+        variable.assign(0.5 * RNG.standard_normal(tuple(variable.shape)).astype(np.float32))
+    model = kc.constrain(plain, lip=1.0, dist=2.0)
+    for layer in (model.get_layer("conv"), model.get_layer("dense")):
+        layer.kernel.assign(ops.convert_to_numpy(layer.kernel) * 1.5 + 0.1)
+    kc.project(model)
+    for name in ("conv", "dense"):
+        layer = model.get_layer(name)
+        out[f"retrofit/{name}/kernel"] = ops.convert_to_numpy(layer.kernel)
+        out[f"retrofit/{name}/lipschitz"] = np.float64(kc.lipschitz(layer))
+        out[f"retrofit/{name}/distance"] = np.float64(kc.distance(layer))
+
+
 def results():
     out = {}
     _projections(out)
     _layers(out)
     _model(out)
+    _retrofit(out)
     return out
 
 

@@ -8,6 +8,7 @@ its JAX part (``make test-jax``: ``tests/test_jax_backend.py``).
 
 import os
 import socket
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -18,10 +19,21 @@ if BACKEND == "jax":
         os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
     )
 else:
-    import tensorflow as tf
+    # TensorFlow's start writes C++ log lines that no log level reaches
+    # (pytest-xdist's workers would print them after the results).
+    sys.stderr.flush()
+    _saved_stderr, _devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(_devnull, 2)
+    try:
+        import tensorflow as tf
 
-    _cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        _cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            _cpu, [tf.config.LogicalDeviceConfiguration()] * 2
+        )
+    finally:
+        os.dup2(_saved_stderr, 2)
+        os.close(_devnull)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -33,6 +33,7 @@ else:
         )
     finally:
         os.dup2(_saved_stderr, 2)
+        os.close(_saved_stderr)
         os.close(_devnull)
 
 import keras  # noqa: E402

@@ -46,8 +46,6 @@ EXACT_DENSE_LIMIT = 512
 class Estimator:
     """``Lip(K)`` of one layer's operator (its ``geometry``)."""
 
-    state_names = ()
-
     def __init__(self, geometry, kernel_shape):
         self.geometry = geometry
         self.kernel_shape = tuple(int(d) for d in kernel_shape)
@@ -93,8 +91,6 @@ class TrackedSubspace(Estimator):
     constant image under a convolution) would stay in its invariant
     subspace forever.
     """
-
-    state_names = ("power_vectors",)
 
     def _directions(self):
         size = int(np.prod(self.geometry.input_shape(self.kernel_shape)))

@@ -136,6 +136,7 @@ def search(sweep):
     """Runs every trial (this process's share, when distributed); the chief
     (or the only process) then writes the results."""
     _Tuner(sweep).search(verbose=0)
+    summary = sweep.summary()
     if is_chief():
-        sweep.write_results()
-    return sweep.summary()
+        results.write(sweep.workdir, summary, sweep.axes)
+    return summary

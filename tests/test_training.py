@@ -115,6 +115,8 @@ def test_summary_records_the_run(finished):
         sum(r["distance"] for r in summary["layers"] if r["distance"] is not None)
     )
     assert summary["loss_gap"] == pytest.approx(summary["test_loss"] - summary["train_loss"])
+    # A test example's margin is positive exactly when it is classified correctly.
+    assert summary["test_margins"]["positive"] == pytest.approx(summary["test_accuracy"])
     assert json.loads((run_dir / "summary.json").read_text()) == json.loads(json.dumps(summary))
 
 

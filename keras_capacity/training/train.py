@@ -182,11 +182,12 @@ def fit(config, setup, model, run_dir, log):
 
 
 def _evaluate(model, dataset):
-    """Mean cross-entropy and accuracy over the whole dataset, computed
-    locally in inference mode (the same on every worker)."""
+    """Mean cross-entropy, accuracy and every example's margin over the
+    whole dataset, from one pass computed locally in inference mode (the
+    same on every worker)."""
     from scipy.special import logsumexp
 
-    total_loss, correct, count = 0.0, 0, 0
+    total_loss, correct, count, margins = 0.0, 0, 0, []
     for inputs, labels in dataset:
         scores = np.asarray(model(inputs, training=False), np.float64)
         labels = np.asarray(labels).astype(np.int64)
@@ -194,7 +195,8 @@ def _evaluate(model, dataset):
         total_loss += float(np.sum(logsumexp(scores, axis=1) - scores[rows, labels]))
         correct += int(np.sum(scores.argmax(axis=1) == labels))
         count += len(labels)
-    return total_loss / count, correct / count
+        margins.append(network.margins_of_scores(scores, labels))
+    return total_loss / count, correct / count, np.concatenate(margins)
 
 
 def _json_number(value):
@@ -245,10 +247,9 @@ def finalize(config, setup, model, log):
         log(f"final projection ({FINAL_PROJECTION_ROUNDS} rounds) ...")
         binding.project(model, n_iter=FINAL_PROJECTION_ROUNDS)
     log("evaluating on the training and test data ...")
-    train_loss, train_acc = _evaluate(model, setup.data.train)
-    test_loss, test_acc = _evaluate(model, setup.data.test)
+    train_loss, train_acc, _ = _evaluate(model, setup.data.train)
+    test_loss, test_acc, test_margins = _evaluate(model, setup.data.test)
     rows = network.layer_table(model)
-    test_margins = network.margins(model, setup.data.test)
     distances = [r["distance"] for r in rows if r["distance"] is not None]
     log("measuring the bounds' quantities ...")
     quantities = bounds.measure_quantities(

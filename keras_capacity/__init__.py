@@ -19,6 +19,7 @@ from keras_capacity.layers import (
     PoolingShortcut,
     SimplexClassifier,
 )
+from keras_capacity.measurement import CapacityRecord, measure
 from keras_capacity.network import (
     format_table,
     layer_table,
@@ -26,6 +27,7 @@ from keras_capacity.network import (
     network_lipschitz,
     spectral_complexity,
 )
+from keras_capacity.reference_checkpoints import from_reference
 from keras_capacity.retrofit import constrain
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "lipschitz",
     "distance",
     "constrain",
+    "from_reference",
     "layer_table",
     "format_table",
     "network_lipschitz",

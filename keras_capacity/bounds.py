@@ -42,15 +42,11 @@ import warnings
 import keras
 import numpy as np
 import scipy.special
-from keras import ops
-
-from keras_capacity import binding, network, operators
-from keras_capacity import layers as capacity_layers
 
 # Per-layer fields: (name, the smallest value allowed, needed by every bound).
 _LAYER_FIELDS = (
     ("lipschitz", "positive", True),
-    ("dist21", "nonnegative", True),
+    ("dist21", "nonnegative", False),
     ("params", "count", True),
     ("input_sizes", "count", True),
     ("kernel_sizes", "count", True),
@@ -91,9 +87,10 @@ class Quantities:
     ``patch_norms`` (the largest l2 norm of an input patch the layer sees).
 
     Every bound needs ``n``, ``num_classes``, ``data_norm``, ``margin`` and
-    the per-layer ``lipschitz``, ``dist21``, ``params``, ``input_sizes``,
+    the per-layer ``lipschitz``, ``params``, ``input_sizes``,
     ``kernel_sizes``, ``strides``, ``in_channels``; the other fields may be
-    ``None``, and a bound that needs one says so. The record is checked when
+    ``None`` (the distances, say, of a model whose initial weights are
+    unknown), and a bound that needs one raises :class:`NotApplicable`. The record is checked when
     made: per-layer tuples of one length, counts that are positive integers,
     finite values where they must be; a ``ValueError`` names the field.
     """
@@ -270,11 +267,25 @@ def _checked_fields(q):
     return checked
 
 
+class NotApplicable(ValueError):
+    """A bound that cannot be evaluated on this record: a quantity it is
+    made of is unknown (``None``). The message names it."""
+
+
+_DISTANCES = ("dist21", "filter_dist21", "dist_fro", "dist_1inf")
+
+
 def _needs(q, bound, *names):
     missing = [name for name in names if getattr(q, name) is None]
     if missing:
-        raise ValueError(
-            f"The bound {bound!r} needs Quantities.{', Quantities.'.join(missing)}, which is None."
+        why = (
+            " (the distances to initialization are unknown: no initial weights)"
+            if set(missing) & set(_DISTANCES)
+            else ""
+        )
+        raise NotApplicable(
+            f"The bound {bound!r} needs Quantities.{', Quantities.'.join(missing)}, which is "
+            f"None{why}."
         )
 
 
@@ -305,6 +316,7 @@ def ours_norms(q, gamma):
     ``W = max_i W_i``. As the reference's code: ``log(n)`` for the harmonic
     number ``H_{n-1}`` and no ceiling on ``C_i^(2/3)`` (its documentation
     writes both)."""
+    _needs(q, "ours_norms", "dist21")
     if _checked_margin(gamma) is None:
         return math.inf
     c = _c_tilde(q, gamma)
@@ -323,6 +335,7 @@ def ours_params(q, gamma):
     ``psi(ceil(L^2 C_i^2))`` and ``log(1 + ceil(L^2 C_i^2))``, a ceiling its
     code does not apply, and our earlier ``1 + 1/x`` inside ``psi`` differed
     from both (SPEC §6 says to follow the code where the two differ)."""
+    _needs(q, "ours_params", "dist21")
     if _checked_margin(gamma) is None:
         return math.inf
     x = (q.depth * _c_tilde(q, gamma)) ** 2
@@ -341,6 +354,7 @@ def bartlett(q, gamma):
     """Bartlett, Foster & Telgarsky 2017, Lemma A.8, on the convolutions'
     matrices: ``C_i`` times ``d_{i+1}^2 / k_i``, and
     ``W = max_i W_i (d_i d_{i+1} / k_i)^2``."""
+    _needs(q, "bartlett", "dist21")
     if _checked_margin(gamma) is None:
         return math.inf
     d_out, k = _output_sizes(q), q.array("kernel_sizes")
@@ -664,134 +678,20 @@ def error_bounds(q: Quantities, delta: float = DELTA, grid=MARGIN_GRID) -> dict[
 # -------------------------------------------------------------- measuring
 
 
-def _kernel_layers(model):
-    layers = [
-        layer
-        for layer in binding.walk_layers(model)
-        if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D))
-    ]
-    missing = [
-        layer.name
-        for layer in layers
-        if binding.kernel_lipdist(layer) is None and not hasattr(layer, "lipschitz_constant")
-    ]
-    if not layers or missing:
-        raise ValueError(
-            "measure_quantities needs every Dense/Conv2D layer to have a bound LipDist "
-            f"(for K0); missing on {missing or 'all (none found)'}. Call keras_capacity.bind."
-        )
-    return layers
-
-
-def _as_conv_kernel(kernel):
-    kernel = np.asarray(kernel, np.float64)
-    return kernel.reshape(1, 1, *kernel.shape) if kernel.ndim == 2 else kernel
-
-
-def _layer_record(layer):
-    kernel = _as_conv_kernel(ops.convert_to_numpy(layer.kernel))
-    constraint = binding.kernel_lipdist(layer)
-    initial = (
-        kernel
-        if constraint is None
-        else _as_conv_kernel(ops.convert_to_numpy(constraint.initial_kernel))
-    )
-    delta = kernel - initial
-    filters = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731  (kh kw in, out)
-    geometry = (
-        constraint.geometry if constraint is not None else operators.OperatorGeometry("dense")
-    )
-    dense = geometry.kind == operators.DENSE
-    return {
-        "lipschitz": binding.lipschitz(layer),
-        "dist21": float(np.linalg.norm(delta, axis=2).sum()),
-        "filter_dist21": float(np.linalg.norm(filters(delta), axis=0).sum()),
-        "norm_fro": float(np.linalg.norm(kernel)),
-        "dist_fro": float(np.linalg.norm(delta)),
-        "norm_1inf": float(np.abs(filters(kernel)).sum(axis=0).max()),
-        "dist_1inf": float(np.abs(filters(delta)).sum(axis=0).max()),
-        "params": int(kernel.size),
-        "input_sizes": 1 if dense else int(geometry.input_size[1]),
-        "kernel_sizes": 1 if dense else int(kernel.shape[1]),
-        "strides": 1 if dense else int(geometry.strides[1]),
-        "in_channels": int(kernel.shape[2]),
-        "filter_norm_max": float(np.linalg.norm(filters(kernel), axis=0).max()),
-    }
-
-
-def _patch_norm_squares(layer, inputs):
-    """The squared l2 norm of every input patch the layer sees, by one
-    convolution of the squared (padded) input with a ones kernel (float32
-    sums: relative error ~1e-7, far below what the bounds resolve)."""
-    x = ops.square(ops.cast(inputs, "float32"))
-    if isinstance(layer, keras.layers.Dense):
-        return ops.sum(ops.reshape(x, (ops.shape(x)[0], -1)), axis=1)
-    kh, kw = layer.kernel_size
-    if isinstance(layer, capacity_layers.CircularConv2D):
-        x = operators.circular_pad(x, layer.kernel_size, layer.dilation_rate, (1, 2))
-    elif layer.padding == "same":
-        x = ops.pad(x, [[0, 0], [(kh - 1) // 2, kh // 2], [(kw - 1) // 2, kw // 2], [0, 0]])
-    ones = ops.ones((kh, kw, x.shape[-1], 1), "float32")
-    return ops.conv(
-        x, ones, strides=layer.strides, padding="valid", dilation_rate=layer.dilation_rate
-    )
-
-
-def _batches(data, labels, batch_size):
-    if labels is not None:
-        data = np.asarray(data)
-        labels = np.asarray(labels)
-        return [
-            (data[i : i + batch_size], labels[i : i + batch_size])
-            for i in range(0, len(data), batch_size)
-        ]
-    return data
-
-
 def measure_quantities(
     model: keras.Model, data, labels=None, num_classes: int | None = None, batch_size: int = 256
 ) -> Quantities:
-    """Measures a :class:`Quantities` for a bound model and its training data.
+    """The :class:`Quantities` of a model and its training data: the
+    ``quantities`` of :func:`keras_capacity.measure` (see there).
 
     ``data`` is an array of inputs with ``labels``, or a ``tf.data.Dataset``
-    of ``(inputs, labels)`` batches; it is streamed batch by batch (the
-    activations of each layer for one batch at a time). ``num_classes``
-    defaults to the model's output width.
+    of ``(inputs, labels)`` batches. A model the bounds do not apply to (not
+    a chain of convolutions) is a :class:`NotApplicable` that says why.
     """
-    layers = _kernel_layers(model)
-    records = [_layer_record(layer) for layer in layers]
-    if isinstance(model, keras.Sequential) or hasattr(model, "operations"):
-        inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
-        # One forward pass gives every layer's input and the scores.
-        probes = keras.Model(inputs, [layer.input for layer in layers] + [model.outputs[0]])
-    else:
-        raise ValueError("measure_quantities needs a Sequential or functional model.")
-    n, square_sum, max_abs, coordinate_squares, margins = 0, 0.0, 0.0, None, []
-    patch = np.zeros(len(layers))
-    for inputs, targets in _batches(data, labels, batch_size):
-        inputs = np.asarray(inputs, np.float64)
-        flat = inputs.reshape(len(inputs), -1)
-        n += len(inputs)
-        square_sum += float(np.sum(flat**2))
-        max_abs = max(max_abs, float(np.abs(flat).max()))
-        squares = np.sum(flat**2, axis=0)
-        coordinate_squares = squares if coordinate_squares is None else coordinate_squares + squares
-        *activations, scores = probes(inputs.astype(np.float32), training=False)
-        margins.append(network.margins_of_scores(scores, targets))
-        for i, (layer, activation) in enumerate(zip(layers, activations, strict=True)):
-            patch[i] = max(patch[i], float(ops.max(_patch_norm_squares(layer, activation))))
-    if n == 0:
-        raise ValueError("measure_quantities: the data is empty.")
-    per_layer = {key: tuple(r[key] for r in records) for key in records[0]}
-    margins = np.concatenate(margins)
-    return Quantities(
-        n=n,
-        num_classes=int(num_classes or model.output_shape[-1]),
-        data_norm=math.sqrt(square_sum),
-        data_max_abs=max_abs,
-        data_max_coordinate_norm=float(np.sqrt(coordinate_squares.max())),
-        margin=float(margins.min()),
-        train_margins=tuple(margins.tolist()),
-        patch_norms=tuple(float(np.sqrt(p)) for p in patch),
-        **per_layer,
-    )
+    from keras_capacity import measurement
+
+    train = data if labels is None else (np.asarray(data), np.asarray(labels))
+    record = measurement.measure(model, train, num_classes=num_classes, batch_size=batch_size)
+    if record.quantities is None:
+        raise NotApplicable(f"the bounds do not apply to {model.name!r}: {record.chain_reason}.")
+    return record.quantities

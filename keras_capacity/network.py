@@ -132,6 +132,8 @@ def layer_lipschitz(layer, input_shape, kernel_norms=None):
         own = activation_lipschitz(layer.activation, repr(layer.name))
         return _measured_kernel_norm(layer, input_shape, kernel_norms) * own
     if isinstance(layer, keras.layers.BatchNormalization):
+        if kernel_norms and layer.name in kernel_norms:  # folded into a kernel's norm
+            return kernel_norms[layer.name]
         return batch_norm_lipschitz(layer)
     if isinstance(layer, keras.layers.Activation):
         return activation_lipschitz(layer.activation, repr(layer.name))
@@ -257,7 +259,9 @@ def own_parameters(layer):
     return int(sum(np.prod(v.shape) for v in layer.weights if id(v) not in state))
 
 
-def _row(layer):
+def layer_row(layer, lipschitz=None):
+    """One :func:`layer_table` row; ``lipschitz`` (the kernel's norm, if
+    already measured) spares computing it again."""
     constraint = binding.kernel_lipdist(layer)
     lip_bound, dist_bound = math.inf, math.inf
     distance = None
@@ -272,10 +276,13 @@ def _row(layer):
     else:
         if constraint is not None:
             lip_bound, dist_bound = constraint.lip, constraint.dist
-            lipschitz = binding.lipschitz(layer)
             distance = binding.distance(layer)
-        else:
-            lipschitz = _kernel_lipschitz(layer, shape)
+        if lipschitz is None:
+            lipschitz = (
+                binding.lipschitz(layer)
+                if constraint is not None
+                else _kernel_lipschitz(layer, shape)
+            )
     lip_ok, dist_ok = constraint_status(lipschitz, lip_bound, distance, dist_bound)
     holds = lip_ok is not False and dist_ok is not False
     strides = getattr(layer, "strides", None)
@@ -295,7 +302,7 @@ def _row(layer):
     }
 
 
-_MEASURED = (
+MEASURED_LAYERS = (
     keras.layers.Dense,
     keras.layers.Conv2D,
     keras.layers.BatchNormalization,
@@ -312,7 +319,11 @@ def layer_table(model: keras.Model) -> list[dict]:
     layer without ``K0``; ``holds`` says whether both constraints hold to
     the documented tolerances.
     """
-    return [_row(layer) for layer in binding.walk_layers(model) if isinstance(layer, _MEASURED)]
+    return [
+        layer_row(layer)
+        for layer in binding.walk_layers(model)
+        if isinstance(layer, MEASURED_LAYERS)
+    ]
 
 
 def _number(value, digits=4):

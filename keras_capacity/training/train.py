@@ -32,7 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_capacity import binding, bounds, constraint_values, models, network
+from keras_capacity import binding, constraint_values, measurement, models, network
 from keras_capacity.training import callbacks, distribute, optimizers, runs
 from keras_capacity.training import data as datasets
 from keras_capacity.training.config import ConfigError, RunConfig
@@ -241,7 +241,7 @@ def versions():
 
 def finalize(config, setup, model, log):
     """Phase 5: the final projection and the final metrics: ``(summary, the
-    bounds' quantities)``; the summary carries the bounds on the test error
+    capacity record)``; the summary carries the bounds on the test error
     at their best margins."""
     if config.n_proj > 0:
         log(f"final projection ({FINAL_PROJECTION_ROUNDS} rounds) ...")
@@ -249,13 +249,13 @@ def finalize(config, setup, model, log):
     log("evaluating on the training and test data ...")
     train_loss, train_acc, _ = _evaluate(model, setup.data.train)
     test_loss, test_acc, test_margins = _evaluate(model, setup.data.test)
-    rows = network.layer_table(model)
-    distances = [r["distance"] for r in rows if r["distance"] is not None]
-    log("measuring the bounds' quantities ...")
-    quantities = bounds.measure_quantities(
-        model, setup.data.train, num_classes=setup.data.num_classes
+    log("measuring the layers and the bounds' quantities ...")
+    record = measurement.measure(
+        model, setup.data.train, setup.data.test, num_classes=setup.data.num_classes
     )
-    test_error = {name: bound.as_dict() for name, bound in bounds.error_bounds(quantities).items()}
+    rows = record.layers
+    distances = [r["distance"] for r in rows if r["distance"] is not None]
+    test_error = record.test_error_bounds_json()
     summary = {
         "flags": {k: _json_number(getattr(config, k)) for k in config.flag_values()},
         "train_loss": train_loss,
@@ -265,7 +265,7 @@ def finalize(config, setup, model, log):
         "loss_gap": test_loss - train_loss,
         "accuracy_gap": train_acc - test_acc,
         "all_constraints_hold": all(r["holds"] for r in rows),
-        "network_lipschitz": network.network_lipschitz(model, network.kernel_norms(rows)),
+        "network_lipschitz": record.network_lipschitz,
         "sum_of_distances": float(sum(distances)),
         "spectral_complexity": network.spectral_complexity(model, rows),
         "test_margins": callbacks.margins_summary(test_margins),
@@ -276,7 +276,7 @@ def finalize(config, setup, model, log):
         "num_test": setup.data.num_test,
         "test_error_bounds": test_error,
     }
-    return summary, quantities
+    return summary, record
 
 
 def _numeric_hparams(config):
@@ -321,14 +321,14 @@ def write_hparams(log_dir, config, summary):
             tf.summary.scalar("final/best_test_error_bound", min(bounds_found), step=0)
 
 
-def write_capacity_report(run_dir, model, data, log, quantities=None):
+def write_capacity_report(run_dir, model, data, log, record=None):
     """The report; the run is complete once summary.json exists, so a report
     that fails says so and leaves the run as it is."""
     from keras_capacity.training import report
 
     log("writing the capacity report ...")
     try:
-        report.write_report(run_dir, model, data, quantities)
+        report.write_report(run_dir, model, data, record)
     except Exception as error:  # the training result must survive
         print(
             f"warning: the capacity report failed ({type(error).__name__}: {error}); the "
@@ -364,9 +364,13 @@ def describe(summary, run_dir):
     """The lines a finished run ends with: the table and the headline numbers."""
     holds = "yes" if summary["all_constraints_hold"] else "NO"
     bounds_line = []
-    if summary.get("test_error_bounds"):
+    found = summary.get("test_error_bounds") or {}
+    given = {name: b for name, b in found.items() if "not_applicable" not in b}
+    if found and not given:
+        bounds_line = ["the bounds on the test error do not apply to this model; see report.md"]
+    if given:
         name, best = min(
-            summary["test_error_bounds"].items(),
+            given.items(),
             key=lambda item: math.inf if item[1]["value"] is None else item[1]["value"],
         )
         value = "inf" if best["value"] is None else f"{best['value']:.4g}"
@@ -426,7 +430,7 @@ def train_and_evaluate(config: RunConfig, run_dir: str, log: Callable[[str], Non
         epochs_run = 0
     else:
         epochs_run = fit(config, setup, model, run_dir, log)
-    summary, quantities = finalize(config, setup, model, log)
+    summary, record = finalize(config, setup, model, log)
     summary.update(
         epochs_this_session=epochs_run, wall_time_s=time.time() - started, versions=versions()
     )
@@ -437,5 +441,5 @@ def train_and_evaluate(config: RunConfig, run_dir: str, log: Callable[[str], Non
         write_hparams(os.path.join(run_dir, "tensorboard"), config, summary)
         runs.write_summary(run_dir, summary)
         shutil.rmtree(os.path.join(run_dir, runs.BACKUP_DIR), ignore_errors=True)
-        write_capacity_report(run_dir, model, setup.data, log, quantities)
+        write_capacity_report(run_dir, model, setup.data, log, record)
     return summary

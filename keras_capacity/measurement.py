@@ -1,0 +1,710 @@
+"""The capacity record of any trained Keras model: :func:`measure` (SPEC §10).
+
+What the report and the bounds are made of, for a model this project may
+not have trained: per ``Dense``/``Conv2D`` layer the exact Lipschitz
+constant of its map on its actual input (any padding, strides, dilation)
+and its (2,1) distance to the kernel of the *initial* weights; the
+network's Lipschitz bound along its graph; the margins, the twelve
+complexity bounds and the bounds on the test error; certified accuracy.
+
+Initial weights come from ``init`` (a model, a ``.keras`` file or a
+weights file, layers matched by name and kernel shape) or from a bound
+:class:`~keras_capacity.LipDist`'s ``K0``; without either a distance is
+*unknown* (``None``), never 0, and the bounds made of distances say so.
+
+**When the bounds apply.** The twelve bounds are stated for a chain
+``sigma_L(A_L ... sigma_1(A_1 x))`` of linear maps ``A_i`` (the kernels)
+and fixed maps ``sigma_i`` that are 1-Lipschitz (ReLU, pooling that no
+pixel enters twice, flattening, dropout at inference). :func:`chain_of`
+checks a model against that, and the rule is:
+
+* ``BatchNormalization`` right before or after a kernel, with no
+  nonlinearity between them, is folded into it at inference: its scale
+  ``gamma / sqrt(var + eps)`` multiplies the kernel's output (or input)
+  channels, so ``s_i`` and ``b_i`` are those of the linear map the network
+  computes, with the initial BatchNorm folded into ``K0`` alike. Its shift
+  and the biases are not capacity terms (the paper's networks have none,
+  and the field's measurements leave them out); the record says which
+  layers have them.
+* Fixed layers before the first kernel are preprocessing: the data terms
+  (``||X||``, patch norms) are measured on the first kernel's input.
+* Anything else makes every bound *not applicable*, with the reason: a
+  layer that merges several inputs (residual ``Add``, ``Concatenate``), a
+  fixed layer with a constant above 1 between kernels (an overlapping max
+  pool is 2-Lipschitz), a BatchNorm or other trained layer that cannot be
+  folded, a nested model. The network Lipschitz bound, the layer table,
+  margins and certified accuracy are exact upper bounds for any graph and
+  are always given.
+"""
+
+import dataclasses
+import math
+import os
+import warnings
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_capacity import binding, bounds, network, operators
+from keras_capacity import layers as capacity_layers
+
+KERNEL_LAYERS = (keras.layers.Dense, keras.layers.Conv2D)
+# Certified radii tabulated by default (l2, in input units).
+RADII = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+# ------------------------------------------------------------ the chain
+
+
+@dataclasses.dataclass(frozen=True)
+class Chain:
+    """A model as the bounds see it.
+
+    ``kernels``: the ``Dense``/``Conv2D`` layers in forward order;
+    ``folded``: ``{kernel name: (BatchNormalization layer, "after" or
+    "before")}``; ``reason``: why the bounds do not apply, or ``None``.
+    """
+
+    kernels: tuple
+    folded: dict
+    reason: str | None
+
+
+def _graph_path(model):
+    """The layers from the input to the single output, or ``(None, reason)``."""
+    if isinstance(model, keras.Sequential):
+        path = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+        return path, None
+    path, tensor = [], model.outputs[0]
+    while True:
+        operation, node_index, _ = tensor._keras_history
+        inputs = operation._inbound_nodes[node_index].input_tensors
+        if not inputs:
+            return path[::-1], None
+        if len(inputs) > 1:
+            return None, (
+                f"layer {operation.name!r} ({type(operation).__name__}) merges "
+                f"{len(inputs)} inputs: the model is not a chain (a residual or "
+                "multi-branch network)"
+            )
+        path.append(operation)
+        tensor = inputs[0]
+
+
+def _foldable(batch_norm):
+    axis = batch_norm.axis if isinstance(batch_norm.axis, int) else None
+    rank = len(batch_norm.get_build_config()["input_shape"])
+    return axis in (-1, rank - 1)
+
+
+def chain_of(model: keras.Model) -> Chain:
+    """The model's kernels in forward order, the BatchNorms folded into
+    them, and why the twelve bounds do not apply (``None`` when they do);
+    see the module docstring for the rule."""
+    path, reason = _graph_path(model)
+    kernels = [layer for layer in binding.walk_layers(model) if isinstance(layer, KERNEL_LAYERS)]
+    if reason is not None:
+        return Chain(tuple(kernels), {}, reason)
+    folded, seen_kernel = {}, False
+    for index, layer in enumerate(path):
+        before = path[index - 1] if index > 0 else None
+        after = path[index + 1] if index + 1 < len(path) else None
+        if isinstance(layer, keras.Model):
+            return Chain(tuple(kernels), {}, f"nested model {layer.name!r}: flatten it first")
+        if isinstance(layer, KERNEL_LAYERS):
+            seen_kernel = True
+            own = network.activation_lipschitz(layer.activation, repr(layer.name))
+            if own > 1:
+                return Chain(
+                    tuple(kernels),
+                    {},
+                    f"layer {layer.name!r}'s activation has Lipschitz constant {own:g} > 1; "
+                    "the theorems assume 1-Lipschitz activations",
+                )
+            continue
+        if isinstance(layer, keras.layers.BatchNormalization):
+            side = None
+            if (
+                isinstance(before, KERNEL_LAYERS)
+                and getattr(before.activation, "__name__", "") == "linear"
+                and before.name not in folded
+            ):
+                side, target = "after", before
+            elif isinstance(after, KERNEL_LAYERS) and after.name not in folded:
+                side, target = "before", after
+            if side is None or not _foldable(layer):
+                return Chain(
+                    tuple(kernels),
+                    {},
+                    f"BatchNormalization {layer.name!r} is not next to a Dense/Conv2D without "
+                    "a nonlinearity between them, so it cannot be folded into a kernel, and "
+                    "its trained scale is in no capacity term",
+                )
+            folded[target.name] = (layer, side)
+            continue
+        if not seen_kernel:
+            continue  # preprocessing: the data terms are measured after it
+        if layer.trainable_weights:
+            return Chain(
+                tuple(kernels),
+                {},
+                f"layer {layer.name!r} ({type(layer).__name__}) has trained weights that "
+                "are in no capacity term",
+            )
+        constant = network.layer_lipschitz(layer, layer.input.shape)
+        if constant > 1 + 1e-9:
+            return Chain(
+                tuple(kernels),
+                {},
+                f"layer {layer.name!r} ({type(layer).__name__}) has Lipschitz constant "
+                f"{constant:.4g} > 1 between the kernels; the theorems assume 1-Lipschitz "
+                "maps there",
+            )
+    on_path = {id(layer) for layer in path}
+    stray = [layer.name for layer in kernels if id(layer) not in on_path]
+    if stray:
+        return Chain(tuple(kernels), {}, f"layers {stray} are not on the path to the output")
+    return Chain(tuple(layer for layer in path if isinstance(layer, KERNEL_LAYERS)), folded, None)
+
+
+# ------------------------------------------------------ initial weights
+
+
+def _load_init(model, init):
+    """``init`` as a model: itself, a ``.keras`` file, or a weights file
+    loaded into a copy of ``model``'s architecture."""
+    if isinstance(init, keras.Model):
+        return init
+    path = os.fspath(init)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"init: {path} does not exist.")
+    try:
+        if path.endswith(".keras"):
+            return keras.models.load_model(path, compile=False)
+        copy = keras.models.clone_model(model)
+        with warnings.catch_warnings():  # the trained model's optimizer is not needed
+            warnings.simplefilter("ignore", UserWarning)
+            copy.load_weights(path)
+        return copy
+    except Exception as error:  # any unreadable or foreign file
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ValueError(
+            f"init: {path} cannot be read as a Keras model or weights file "
+            f"({type(error).__name__}: {first})."
+        ) from None
+
+
+def _numpy(variable):
+    return np.asarray(ops.convert_to_numpy(variable), np.float64)
+
+
+def _initial_layers(model, init):
+    """``{layer name: the init model's layer}`` for every kernel and
+    BatchNorm layer, matched by name and kernel shape."""
+    reference = _load_init(model, init)
+    theirs = {layer.name: layer for layer in binding.walk_layers(reference)}
+    matched = {}
+    for layer in binding.walk_layers(model):
+        if not isinstance(layer, (*KERNEL_LAYERS, keras.layers.BatchNormalization)):
+            continue
+        other = theirs.get(layer.name)
+        if other is None:
+            raise ValueError(f"init: the initial model has no layer named {layer.name!r}.")
+        for name in ("kernel", "moving_variance"):
+            if hasattr(layer, name):
+                ours, initial = tuple(getattr(layer, name).shape), getattr(other, name, None)
+                shape = None if initial is None else tuple(initial.shape)
+                if shape != ours:
+                    raise ValueError(
+                        f"init: layer {layer.name!r} has {name} shape {ours} in the model "
+                        f"and {shape} in the initial model."
+                    )
+        matched[layer.name] = other
+    return matched
+
+
+def _batch_norm_scale(layer, initial=False):
+    """``gamma / sqrt(var + eps)`` per channel; ``initial`` evaluates the
+    layer's own initializers (the values it started from)."""
+    if initial:
+        shape = tuple(layer.moving_variance.shape)
+        variance = _numpy(layer.moving_variance_initializer(shape))
+        gamma = _numpy(layer.gamma_initializer(shape)) if layer.scale else 1.0
+    else:
+        variance = _numpy(layer.moving_variance)
+        gamma = _numpy(layer.gamma) if layer.scale else 1.0
+    return gamma / np.sqrt(variance + layer.epsilon)
+
+
+def _fold(kernel, scale, side):
+    """The kernel with a per-channel scale folded into its output
+    (``after``) or input (``before``) channels."""
+    return kernel * scale if side == "after" else kernel * scale[:, None]
+
+
+def _initial_kernel(layer, initial_layers):
+    """The layer's initial kernel (float64), or ``None`` where unknown."""
+    if initial_layers is not None:
+        return _numpy(initial_layers[layer.name].kernel)
+    if isinstance(layer, capacity_layers.SimplexClassifier):
+        return _numpy(layer.kernel)  # fixed, never trained
+    constraint = binding.kernel_lipdist(layer)
+    return None if constraint is None else _numpy(constraint.initial_kernel)
+
+
+def _folded(layer, kernel, initial, chain, initial_layers):
+    """``(kernel, initial)`` of the map the chain sees: the BatchNorm folded
+    into ``layer`` (at its trained and at its initial statistics)."""
+    if layer.name not in chain.folded:
+        return kernel, initial
+    batch_norm, side = chain.folded[layer.name]
+    kernel = _fold(kernel, _batch_norm_scale(batch_norm), side)
+    if initial is not None:
+        if initial_layers is not None:
+            start = _batch_norm_scale(initial_layers[batch_norm.name])
+        else:
+            start = _batch_norm_scale(batch_norm, initial=True)
+        initial = _fold(initial, start, side)
+    return kernel, initial
+
+
+# ------------------------------------------------------- per-layer terms
+
+
+def _geometry(layer):
+    constraint = binding.kernel_lipdist(layer)
+    if constraint is not None:
+        return constraint.geometry
+    return binding.operator_geometry(layer, layer.get_build_config()["input_shape"])
+
+
+def _as_conv(kernel):
+    return kernel.reshape(1, 1, *kernel.shape) if kernel.ndim == 2 else kernel
+
+
+def _layer_terms(layer, kernel, initial):
+    """The per-layer fields of :class:`bounds.Quantities` (distances
+    ``None`` when ``initial`` is)."""
+    from keras_capacity import exact_norms
+
+    geometry = _geometry(layer)
+    dense = geometry.kind == operators.DENSE
+    kernel4 = _as_conv(kernel)
+    filters = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731  (kh kw in, out)
+    terms = {
+        "lipschitz": exact_norms.spectral_norm(kernel, geometry),
+        "norm_fro": float(np.linalg.norm(kernel4)),
+        "norm_1inf": float(np.abs(filters(kernel4)).sum(axis=0).max()),
+        "params": int(kernel4.size),
+        "input_sizes": 1 if dense else int(geometry.input_size[1]),
+        "kernel_sizes": 1 if dense else int(kernel4.shape[1]),
+        "strides": 1 if dense else int(geometry.strides[1]),
+        "in_channels": int(kernel4.shape[2]),
+        "filter_norm_max": float(np.linalg.norm(filters(kernel4), axis=0).max()),
+    }
+    if initial is None:
+        terms.update(dist21=None, filter_dist21=None, dist_fro=None, dist_1inf=None)
+    else:
+        delta = kernel4 - _as_conv(initial)
+        terms.update(
+            dist21=float(np.linalg.norm(delta, axis=2).sum()),
+            filter_dist21=float(np.linalg.norm(filters(delta), axis=0).sum()),
+            dist_fro=float(np.linalg.norm(delta)),
+            dist_1inf=float(np.abs(filters(delta)).sum(axis=0).max()),
+        )
+    return terms
+
+
+def _patch_norm_squares(layer, inputs):
+    """The squared l2 norm of every input patch the layer sees, by one
+    convolution of the squared (padded) input with a ones kernel (float32
+    sums: relative error ~1e-7, far below what the bounds resolve)."""
+    x = ops.square(ops.cast(inputs, "float32"))
+    if isinstance(layer, keras.layers.Dense):
+        return ops.sum(ops.reshape(x, (ops.shape(x)[0], -1)), axis=1)
+    kh, kw = layer.kernel_size
+    if isinstance(layer, capacity_layers.CircularConv2D):
+        x = operators.circular_pad(x, layer.kernel_size, layer.dilation_rate, (1, 2))
+    elif layer.padding == "same":
+        dh, dw = layer.dilation_rate
+        eh, ew = dh * (kh - 1), dw * (kw - 1)
+        x = ops.pad(x, [[0, 0], [eh // 2, eh - eh // 2], [ew // 2, ew - ew // 2], [0, 0]])
+    ones = ops.ones((kh, kw, x.shape[-1], 1), "float32")
+    return ops.conv(
+        x, ones, strides=layer.strides, padding="valid", dilation_rate=layer.dilation_rate
+    )
+
+
+# ------------------------------------------------------------- the data
+
+
+def batches(data, batch_size=256):
+    """``(inputs, labels)`` batches from ``(x, y)`` arrays or a dataset of
+    batches (a ``tf.data.Dataset`` or any iterable of pairs)."""
+    if isinstance(data, tuple) and len(data) == 2 and hasattr(data[0], "shape"):
+        x, y = np.asarray(data[0]), np.asarray(data[1])
+        if len(x) != len(y):
+            raise ValueError(f"{len(x)} inputs but {len(y)} labels.")
+        return [
+            (x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)
+        ]
+    if isinstance(data, (list, tuple)) and not data:
+        return []
+    return data
+
+
+def _check_batch(model, inputs, labels, num_classes, what):
+    expected = tuple(model.inputs[0].shape[1:])
+    shape = tuple(np.shape(inputs))[1:]
+    fits = len(shape) == len(expected) and all(
+        e is None or e == s for e, s in zip(expected, shape, strict=True)
+    )
+    if not fits:
+        raise ValueError(
+            f"{what}: inputs of shape {shape} per example, but the model takes {expected}."
+        )
+    labels = np.asarray(labels).reshape(-1)
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"{what}: labels must lie in [0, {num_classes}) for {num_classes} classes; "
+            f"found {labels.min()} ... {labels.max()}."
+        )
+
+
+@dataclasses.dataclass
+class _Pass:
+    """What one streamed pass over the training data collects."""
+
+    n: int = 0
+    square_sum: float = 0.0
+    max_abs: float = 0.0
+    coordinate_squares: np.ndarray = None
+    patch: np.ndarray = None
+    margins: list = dataclasses.field(default_factory=list)
+
+
+def _stream(model, chain_inputs, data, num_classes, batch_size, what, layers):
+    """Margins and (for ``chain_inputs``) the data and patch terms, in
+    one forward pass per batch."""
+    probes = keras.Model(model.inputs[0], [*chain_inputs, model.outputs[0]])
+    found = _Pass(patch=np.zeros(len(layers)))
+    for inputs, labels in batches(data, batch_size):
+        inputs = np.asarray(inputs)
+        _check_batch(model, inputs, labels, num_classes, what)
+        outputs = probes(inputs.astype(np.float32), training=False)
+        *activations, scores = outputs if chain_inputs else [outputs]
+        found.margins.append(network.margins_of_scores(scores, labels))
+        found.n += len(inputs)
+        if not layers:
+            continue
+        first = np.asarray(ops.convert_to_numpy(activations[0]), np.float64)
+        flat = first.reshape(len(first), -1)
+        found.square_sum += float(np.sum(flat**2))
+        found.max_abs = max(found.max_abs, float(np.abs(flat).max()))
+        squares = np.sum(flat**2, axis=0)
+        found.coordinate_squares = (
+            squares if found.coordinate_squares is None else found.coordinate_squares + squares
+        )
+        for i, (layer, activation) in enumerate(zip(layers, activations, strict=True)):
+            found.patch[i] = max(
+                found.patch[i], float(ops.max(_patch_norm_squares(layer, activation)))
+            )
+    if found.n == 0:
+        raise ValueError(f"{what}: the data is empty.")
+    return found
+
+
+# ---------------------------------------------------------------- record
+
+
+@dataclasses.dataclass(frozen=True)
+class CapacityRecord:
+    """What :func:`measure` returns.
+
+    ``layers``: one dict per kernel, BatchNorm and shortcut layer (as
+    :func:`keras_capacity.layer_table`, with ``distance`` ``None`` where
+    unknown and ``folded``, the BatchNorm folded into a kernel);
+    ``network_lipschitz``; ``chain_reason`` (why the twelve bounds do not
+    apply, or ``None``); ``quantities`` (a :class:`bounds.Quantities`, or
+    ``None`` when they do not apply); ``test_error_bounds`` (``{name:
+    ErrorBound or None}``); ``not_applicable`` (``{bound name: reason}``);
+    ``train_margins``, ``test_margins`` (float64 arrays; the latter empty
+    without test data), ``train_accuracy``, ``test_accuracy`` (``None``
+    without test data); ``certified_accuracy`` (``{radius: fraction of test
+    points certified}``); ``notes`` (what was folded, which layers have
+    biases).
+    """
+
+    layers: list
+    network_lipschitz: float
+    chain_reason: str | None
+    quantities: bounds.Quantities | None
+    test_error_bounds: dict
+    not_applicable: dict
+    train_margins: np.ndarray
+    test_margins: np.ndarray
+    train_accuracy: float
+    test_accuracy: float | None
+    certified_accuracy: dict
+    notes: tuple
+
+    def complexity_bounds(self, gamma: float) -> dict:
+        """``{name: R(gamma) or None}`` (``None``: not applicable)."""
+        values = {}
+        for name, bound in bounds.BOUNDS.items():
+            if self.quantities is None or name in self.not_applicable:
+                values[name] = None
+            else:
+                values[name] = float(bound(self.quantities, gamma))
+        return values
+
+    def test_error_bounds_json(self) -> dict:
+        """``{name: ErrorBound.as_dict()}``; a bound that does not apply is
+        ``{"name", "value": None, "not_applicable": reason}``."""
+        return {
+            name: (
+                {"name": name, "value": None, "not_applicable": self.not_applicable[name]}
+                if bound is None
+                else bound.as_dict()
+            )
+            for name, bound in self.test_error_bounds.items()
+        }
+
+    def as_dict(self) -> dict:
+        """The record as JSON-ready values (``inf`` as ``None``)."""
+        q = self.quantities
+        return {
+            "layers": [{k: _json(v) for k, v in row.items()} for row in self.layers],
+            "network_lipschitz": _json(self.network_lipschitz),
+            "bounds_apply": self.chain_reason is None,
+            "chain_reason": self.chain_reason,
+            "test_error_bounds": self.test_error_bounds_json(),
+            "not_applicable": dict(self.not_applicable),
+            "quantities": None
+            if q is None
+            else {k: v for k, v in dataclasses.asdict(q).items() if k != "train_margins"},
+            "train_accuracy": self.train_accuracy,
+            "test_accuracy": self.test_accuracy,
+            "certified_accuracy": {str(k): v for k, v in self.certified_accuracy.items()},
+            "notes": list(self.notes),
+        }
+
+
+def _json(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def certified_accuracy(margins, lipschitz, radii=RADII):
+    """``{radius: fraction of points whose certified radius m/(sqrt(2) L)
+    is at least it}``; a misclassified point (``m <= 0``) is never certified."""
+    margins = np.asarray(margins, np.float64)
+    radius = np.where(margins > 0, margins / (math.sqrt(2) * lipschitz), -1.0)
+    return {float(r): float(np.mean(radius >= r)) if len(margins) else 0.0 for r in radii}
+
+
+def _row(layer, chain, own):
+    """A layer-table row; ``own`` ``{kernel name: (its Lipschitz constant,
+    its distance or None)}``."""
+    lipschitz, distance = own.get(layer.name, (None, None))
+    row = network.layer_row(layer, lipschitz)
+    if layer.name in own:
+        row["distance"] = distance
+        statuses = network.constraint_status(
+            row["lipschitz"], row["lip_constraint"], distance, row["dist_constraint"]
+        )
+        row["holds"] = all(ok is not False for ok in statuses)
+    folded_into = [name for name, (bn, _) in chain.folded.items() if bn is layer]
+    if layer.name in chain.folded:
+        row["folded"] = chain.folded[layer.name][0].name
+    else:
+        row["folded"] = f"into {folded_into[0]}" if folded_into else None
+    return row
+
+
+def _notes(model, chain):
+    notes = [
+        f"BatchNormalization {bn.name!r} folded into {name!r} ({side} it): its inference-mode "
+        "scale is part of that kernel's Lipschitz constant and distance"
+        for name, (bn, side) in chain.folded.items()
+    ]
+    biased = [
+        layer.name
+        for layer in binding.walk_layers(model)
+        if isinstance(layer, KERNEL_LAYERS) and getattr(layer, "use_bias", False)
+    ]
+    if biased or chain.folded:
+        notes.append(
+            "biases and BatchNorm shifts are not capacity terms (as in the paper, whose "
+            f"networks have none); layers with a bias: {biased or 'none'}"
+        )
+    return tuple(notes)
+
+
+def _check_model(model):
+    if not isinstance(model, keras.Model) or not (
+        isinstance(model, keras.Sequential) or hasattr(model, "operations")
+    ):
+        raise ValueError(
+            f"measure needs a Sequential or functional Keras model, got {type(model).__name__}."
+        )
+    if not model.built or not model.outputs:
+        raise ValueError(f"model {model.name!r} is not built: give it a keras.Input.")
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ValueError(
+            f"measure needs a model with one input and one output (class scores); "
+            f"{model.name!r} has {len(model.inputs)} and {len(model.outputs)}."
+        )
+    if not any(isinstance(layer, KERNEL_LAYERS) for layer in binding.walk_layers(model)):
+        raise ValueError(f"model {model.name!r} has no Dense or Conv2D layer to measure.")
+    for layer in binding.walk_layers(model):
+        if isinstance(layer, keras.layers.Conv2D) and layer.groups != 1:
+            raise ValueError(
+                f"layer {layer.name!r} is a grouped convolution (groups={layer.groups}), "
+                "which is not measured yet."
+            )
+
+
+def measure(
+    model: keras.Model,
+    train,
+    test=None,
+    *,
+    init=None,
+    num_classes: int | None = None,
+    batch_size: int = 256,
+) -> CapacityRecord:
+    """The capacity record of a trained ``Sequential`` or functional model.
+
+    Args:
+        model: the trained model; its kernels in ``Dense``/``Conv2D`` layers
+            (any padding, strides, dilation; ``groups=1``), with or without
+            :class:`~keras_capacity.LipDist`. Its output are the class scores.
+        train: the training data, as the model sees it: ``(x, y)`` arrays
+            (integer labels) or a ``tf.data.Dataset`` of ``(x, y)`` batches.
+        test: the test data, the same way (optional: test accuracy and
+            certified accuracy need it).
+        init: the initial weights: a model of the same architecture, a
+            ``.keras`` file or a weights file; layers are matched by name
+            and kernel shape. Default: a bound ``LipDist``'s ``K0``; a layer
+            without either has an unknown distance (``None``).
+        num_classes: default the model's output width.
+        batch_size: for arrays.
+
+    Returns:
+        A :class:`CapacityRecord`. A layer without a known Lipschitz
+        constant, a mismatched ``init``, inputs of the wrong shape or labels
+        out of range are a ``ValueError`` naming them.
+    """
+    _check_model(model)
+    num_classes = int(num_classes or model.outputs[0].shape[-1])
+    initial_layers = None if init is None else _initial_layers(model, init)
+    chain = chain_of(model)
+    terms, own = _kernel_terms(model, chain, initial_layers)
+    kernel_norms = {name: values["lipschitz"] for name, values in terms.items()}
+    kernel_norms.update({bn.name: 1.0 for bn, _ in chain.folded.values()})  # in the kernel's
+    lipschitz = network.network_lipschitz(model, kernel_norms)
+    applies = chain.reason is None
+    units = [_unit_input(layer, chain) for layer in chain.kernels] if applies else []
+    chain_layers = list(chain.kernels) if applies else []
+    found = _stream(model, units, train, num_classes, batch_size, "training data", chain_layers)
+    train_margins = np.concatenate(found.margins)
+    test_margins = np.zeros(0)
+    if test is not None:
+        test_margins = np.concatenate(
+            _stream(model, [], test, num_classes, batch_size, "test data", []).margins
+        )
+    quantities = _quantities(chain, terms, found, num_classes, train_margins) if applies else None
+    test_error, not_applicable = _error_bounds(quantities, chain)
+    rows = [
+        _row(layer, chain, own)
+        for layer in binding.walk_layers(model)
+        if isinstance(layer, network.MEASURED_LAYERS)
+    ]
+    return CapacityRecord(
+        layers=rows,
+        network_lipschitz=lipschitz,
+        chain_reason=chain.reason,
+        quantities=quantities,
+        test_error_bounds=test_error,
+        not_applicable=not_applicable,
+        train_margins=train_margins,
+        test_margins=test_margins,
+        train_accuracy=float(np.mean(train_margins > 0)),
+        test_accuracy=float(np.mean(test_margins > 0)) if len(test_margins) else None,
+        certified_accuracy=certified_accuracy(test_margins, lipschitz),
+        notes=_notes(model, chain),
+    )
+
+
+def _kernel_terms(model, chain, initial_layers):
+    """``({kernel name: its Quantities fields}, {kernel name: (its own
+    Lipschitz constant, its own distance or None)})``; the first with the
+    BatchNorm folded in, the second as :func:`keras_capacity.lipschitz` and
+    :func:`keras_capacity.distance` give them."""
+    terms, own = {}, {}
+    for layer in binding.walk_layers(model):
+        if not isinstance(layer, KERNEL_LAYERS):
+            continue
+        kernel, initial = _numpy(layer.kernel), _initial_kernel(layer, initial_layers)
+        distance = None
+        if initial is not None:
+            distance = float(np.linalg.norm(kernel - initial, axis=-2).sum())
+        folded = _folded(layer, kernel, initial, chain, initial_layers)
+        terms[layer.name] = _layer_terms(layer, *folded)
+        norm = terms[layer.name]["lipschitz"]
+        own[layer.name] = (
+            _own_norm(layer, kernel) if layer.name in chain.folded else norm,
+            distance,
+        )
+    return terms, own
+
+
+def _unit_input(layer, chain):
+    """The input of the map a chain layer stands for (its BatchNorm's, when
+    folded in before it)."""
+    batch_norm, side = chain.folded.get(layer.name, (None, None))
+    return batch_norm.input if side == "before" else layer.input
+
+
+def _quantities(chain, terms, found, num_classes, train_margins):
+    per_layer = {}
+    for key in terms[chain.kernels[0].name]:
+        values = [terms[layer.name][key] for layer in chain.kernels]
+        per_layer[key] = None if any(v is None for v in values) else tuple(values)
+    return bounds.Quantities(
+        n=found.n,
+        num_classes=num_classes,
+        data_norm=math.sqrt(found.square_sum),
+        data_max_abs=found.max_abs,
+        data_max_coordinate_norm=float(np.sqrt(found.coordinate_squares.max())),
+        margin=float(train_margins.min()),
+        train_margins=tuple(train_margins.tolist()),
+        patch_norms=tuple(float(np.sqrt(p)) for p in found.patch),
+        **per_layer,
+    )
+
+
+def _error_bounds(quantities, chain):
+    """``({name: ErrorBound or None}, {name: why not applicable})``."""
+    test_error, not_applicable = {}, {}
+    for name in bounds.BOUNDS:
+        test_error[name] = None
+        if quantities is None:
+            not_applicable[name] = f"not a chain of convolutions: {chain.reason}"
+            continue
+        try:
+            test_error[name] = bounds.error_bound(quantities, name)
+        except bounds.NotApplicable as error:
+            not_applicable[name] = str(error)
+    return test_error, not_applicable
+
+
+def _own_norm(layer, kernel):
+    """The Lipschitz constant of the layer's kernel alone (BatchNorm not
+    folded in), as :func:`keras_capacity.lipschitz` gives it."""
+    from keras_capacity import exact_norms
+
+    return exact_norms.spectral_norm(kernel, _geometry(layer))

@@ -92,6 +92,29 @@ def _pool_lipschitz(layer, input_shape, average):
     return math.sqrt(worst)
 
 
+def _preprocessing_lipschitz(layer):
+    """``Rescaling``: the largest ``|scale|``. ``Normalization``: ``1 /``
+    the smallest ``max(sqrt(variance), eps)`` (its divisor), or the largest
+    when it inverts. Nearest ``UpSampling2D``: ``sqrt(s_h s_w)``, the number
+    of copies of each pixel. ``None`` for any other layer."""
+    if isinstance(layer, keras.layers.Rescaling):
+        return float(np.max(np.abs(np.asarray(layer.scale, np.float64))))
+    if isinstance(layer, keras.layers.Normalization):
+        divisor = np.maximum(
+            np.sqrt(np.asarray(ops.convert_to_numpy(layer.variance), np.float64)),
+            keras.config.epsilon(),
+        )
+        return float(divisor.max() if layer.invert else 1.0 / divisor.min())
+    if isinstance(layer, keras.layers.UpSampling2D):
+        if layer.interpolation != "nearest":
+            raise ValueError(
+                f"No known Lipschitz constant for layer {layer.name!r} (UpSampling2D with "
+                f"interpolation={layer.interpolation!r}); nearest is supported."
+            )
+        return math.sqrt(layer.size[0] * layer.size[1])
+    return None
+
+
 def batch_norm_lipschitz(layer):
     """Inference-mode BatchNorm ``gamma (x - mean) / sqrt(var + eps) + beta``:
     ``max |gamma| / sqrt(var + eps)`` over channels."""
@@ -143,6 +166,9 @@ def layer_lipschitz(layer, input_shape, kernel_norms=None):
         return max(1.0, abs(float(layer.negative_slope)))
     if isinstance(layer, _ONE_LIPSCHITZ):
         return 1.0
+    preprocessing = _preprocessing_lipschitz(layer)
+    if preprocessing is not None:
+        return preprocessing
     if isinstance(layer, keras.layers.MaxPooling2D):
         return _pool_lipschitz(layer, input_shape, average=False)
     if isinstance(layer, keras.layers.AveragePooling2D):

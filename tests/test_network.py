@@ -102,6 +102,29 @@ def test_batch_norm_inference_constant():
     assert network.layer_lipschitz(bn, (1, 5)) == pytest.approx(np.linalg.norm(matrix, 2), rel=1e-5)
 
 
+def test_preprocessing_constants_are_their_operator_norms():
+    """Rescaling, Normalization (both ways) and nearest UpSampling2D: the
+    stated constant is the norm of the layer's own (affine) map."""
+    shape = (3, 3, 3)
+    normalization = keras.layers.Normalization(mean=[0.1, 0.2, 0.3], variance=[0.25, 4.0, 0.04])
+    inverse = keras.layers.Normalization(
+        mean=[0.1, 0.2, 0.3], variance=[0.25, 4.0, 0.04], invert=True
+    )
+    for layer in (
+        keras.layers.Rescaling(1 / 255),
+        keras.layers.Rescaling([0.5, -3.0, 1.0]),
+        normalization,
+        inverse,
+        keras.layers.UpSampling2D((2, 3)),
+    ):
+        layer.build((None, *shape))
+        stated = network.layer_lipschitz(layer, (1, *shape))
+        exact = np.linalg.norm(operator_matrix(layer, shape), 2)
+        assert stated == pytest.approx(exact, rel=1e-5), layer.name
+    with pytest.raises(ValueError, match="bilinear"):
+        network.layer_lipschitz(keras.layers.UpSampling2D(interpolation="bilinear"), (1, *shape))
+
+
 def test_unknown_layers_are_refused():
     inputs = keras.Input((4,))
     outputs = keras.layers.Multiply()([inputs, inputs])

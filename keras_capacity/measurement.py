@@ -392,7 +392,7 @@ def _stream(model, chain_inputs, data, num_classes, batch_size, what, layers):
     for inputs, labels in batches(data, batch_size):
         inputs = np.asarray(inputs)
         _check_batch(model, inputs, labels, num_classes, what)
-        outputs = probes(inputs.astype(np.float32), training=False)
+        outputs = probes.predict_on_batch(inputs.astype(np.float32))  # compiled, inference
         *activations, scores = outputs if chain_inputs else [outputs]
         found.margins.append(network.margins_of_scores(scores, labels))
         found.n += len(inputs)

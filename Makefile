@@ -14,7 +14,7 @@ $(PYTHON):
 	$(PYTHON) -m pip install --quiet --upgrade pip
 
 $(STAMP): $(PYTHON) setup.cfg pyproject.toml
-	$(PYTHON) -m pip install --quiet -e ".[test,jax]"
+	$(PYTHON) -m pip install --quiet -e ".[test,jax,reference]"
 	touch $(STAMP)
 
 lint: $(STAMP)

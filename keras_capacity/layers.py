@@ -253,6 +253,91 @@ class PoolingShortcut(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_capacity")
+class PaddedMaxPooling2D(keras.layers.Layer):
+    """Max-pooling over the input padded by ``padding`` pixels on every side,
+    as PyTorch's ``MaxPool2d(pool_size, strides, padding)``.
+
+    The padding never wins a maximum. A 3x3/2 pool with ``padding=1`` has
+    windows starting at pixel -1, where ``MaxPooling2D(3, 2, "same")``
+    starts them at 0 on even maps: the two pool different pixels, so
+    reproducing the reference's outputs (:func:`keras_capacity.from_reference`)
+    needs this one. The output has ``floor((H + 2p - k) / s) + 1`` pixels
+    along each axis. Channels-last inputs.
+
+    Args:
+        pool_size, strides: ints, as in ``keras.layers.MaxPooling2D``.
+        padding: pixels added on every side, ``0 <= padding <= pool_size // 2``.
+    """
+
+    def __init__(self, pool_size: int = 3, strides: int = 2, padding: int = 1, **kwargs):
+        kwargs.pop("trainable", None)
+        super().__init__(trainable=False, **kwargs)
+        for name, value, lowest in (("pool_size", pool_size, 1), ("strides", strides, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+                raise ValueError(
+                    f"PaddedMaxPooling2D: `{name}` must be an integer >= 1, got {value!r}."
+                )
+        if (
+            isinstance(padding, bool)
+            or not isinstance(padding, int)
+            or not 0 <= padding <= pool_size // 2
+        ):
+            raise ValueError(
+                "PaddedMaxPooling2D: `padding` must be an integer in [0, pool_size // 2] "
+                f"(a window must hold an input pixel), got {padding!r}."
+            )
+        self.pool_size, self.strides, self.padding = pool_size, strides, padding
+        self.input_size = None
+
+    def build(self, input_shape):
+        if len(input_shape) != 4 or None in input_shape[1:3]:
+            raise ValueError(
+                "PaddedMaxPooling2D expects channels-last images of known size "
+                f"(batch, H, W, C); got input shape {tuple(input_shape)}."
+            )
+        self.input_size = tuple(input_shape[1:3])
+
+    def _output_size(self, size):
+        return (size + 2 * self.padding - self.pool_size) // self.strides + 1
+
+    def call(self, inputs):
+        p = self.padding
+        if p:
+            lowest = keras.ops.cast(
+                np.finfo(keras.backend.standardize_dtype(inputs.dtype)).min, inputs.dtype
+            )
+            inputs = keras.ops.pad(inputs, [(0, 0), (p, p), (p, p), (0, 0)], constant_values=lowest)
+        return keras.ops.max_pool(inputs, self.pool_size, self.strides, "valid")
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, channels = input_shape
+        return (batch, self._output_size(height), self._output_size(width), channels)
+
+    @property
+    def lipschitz_constant(self):
+        """``sqrt`` of the most windows one pixel lies in (exact: an input
+        that differs in that pixel alone reaches it); needs the built input
+        size."""
+        if self.input_size is None:
+            raise ValueError(f"PaddedMaxPooling2D {self.name!r} is not built.")
+        most = 1
+        for size in self.input_size:
+            starts = np.arange(self._output_size(size)) * self.strides - self.padding
+            pixels = np.arange(size)[:, None]
+            covering = (starts <= pixels) & (pixels < starts + self.pool_size)
+            most *= int(covering.sum(axis=1).max())
+        return float(np.sqrt(most))
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "pool_size": self.pool_size,
+            "strides": self.strides,
+            "padding": self.padding,
+        }
+
+
+@keras.saving.register_keras_serializable(package="keras_capacity")
 class GroupSort(keras.layers.Layer):
     """GroupSort activation (Anil, Lucas & Grosse, ICML 2019).
 

@@ -42,6 +42,8 @@ __all__ = [
     "distance",
     "constrain",
     "from_reference",
+    "measure",
+    "CapacityRecord",
     "layer_table",
     "format_table",
     "network_lipschitz",

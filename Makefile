@@ -13,7 +13,13 @@ $(PYTHON):
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
 
+# torch (the reference extra, for the tests against PyTorch): 2.13.0 is the
+# CPU build where the machine carries one (192 MB); PyPI's builds bring CUDA
+# (about 3 GB). TORCH= installs whatever the extra asks for.
+TORCH ?= torch==2.13.0
+
 $(STAMP): $(PYTHON) setup.cfg pyproject.toml
+	$(if $(TORCH),$(PYTHON) -m pip install --quiet "$(TORCH)")
 	$(PYTHON) -m pip install --quiet -e ".[test,jax,reference]"
 	touch $(STAMP)
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import keras_capacity as kc
-from keras_capacity import binding, reference_checkpoints
+from keras_capacity import binding, torch_state_dict
 
 torch.manual_seed(0)
 
@@ -343,7 +343,7 @@ def test_reader_matches_torch_load_for_dtypes_and_views(tmp_path):
     }
     path = tmp_path / "tensors.pt"
     torch.save(tensors, path)
-    loaded = reference_checkpoints.load_torch_state_dict(path)
+    loaded = torch_state_dict.load_torch_state_dict(path)
     assert list(loaded) == list(tensors)
     for name, tensor in tensors.items():
         assert loaded[name].dtype == tensor.numpy().dtype, name
@@ -362,7 +362,7 @@ def test_reader_refuses_other_objects_without_running_them(tmp_path):
         archive.writestr("evil/data.pkl", pickle.dumps({"w": Payload()}, protocol=2))
         archive.writestr("evil/byteorder", "little")
     with pytest.raises(ValueError, match=r"refers to posix\.mkdir.*refused, nothing was run"):
-        reference_checkpoints.load_torch_state_dict(path)
+        torch_state_dict.load_torch_state_dict(path)
     assert not target.exists()
 
 

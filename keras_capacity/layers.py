@@ -191,9 +191,11 @@ class PoolingShortcut(keras.layers.Layer):
 
     Concatenates, along channels, two 2x2 max-pools with stride 2: one over
     the windows starting at even pixels, one over the windows shifted by one
-    pixel up and left (the first row and column see a single pixel). The
-    output has ``floor(H/2) x floor(W/2)`` pixels and twice the channels; a
-    1x1 input is duplicated. Each pool's windows are disjoint, so each is
+    pixel up and left (the first row and column see a single pixel; so does
+    the last of an odd size in the first pool). The output has
+    ``ceil(H/2) x ceil(W/2)`` pixels, as the models' 3x3/2 ``same`` max-pool
+    on the block's other path, and twice the channels; a 1x1 input is
+    duplicated. Each pool's windows are disjoint, so each is
     1-Lipschitz in l2 and the concatenation is ``sqrt(2)``-Lipschitz,
     reached by inputs that differ in one pixel.
 
@@ -217,29 +219,24 @@ class PoolingShortcut(keras.layers.Layer):
 
     def call(self, inputs):
         height, width = inputs.shape[1], inputs.shape[2]
-        if height == 1 and width == 1:
-            pooled = [inputs, inputs]
-        else:
-            lowest = keras.ops.cast(
-                np.finfo(keras.backend.standardize_dtype(inputs.dtype)).min,
-                inputs.dtype,
-            )
-            shifted = keras.ops.pad(
-                inputs, [(0, 0), (1, 0), (1, 0), (0, 0)], constant_values=lowest
-            )
-            pooled = [
-                keras.ops.max_pool(inputs, 2, 2, "valid"),
-                keras.ops.max_pool(shifted, 2, 2, "valid")[:, : height // 2, : width // 2],
-            ]
+        lowest = keras.ops.cast(
+            np.finfo(keras.backend.standardize_dtype(inputs.dtype)).min, inputs.dtype
+        )
+
+        def pool(padding):  # pads with the lowest value, which no max keeps
+            padded = keras.ops.pad(inputs, [(0, 0), *padding, (0, 0)], constant_values=lowest)
+            return keras.ops.max_pool(padded, 2, 2, "valid")
+
+        # Even windows (an odd size's last one padded), and windows shifted
+        # by one pixel: ceil(size / 2) of each.
+        pooled = [pool([(0, height % 2), (0, width % 2)]), pool([(1, 0), (1, 0)])]
         output = keras.ops.concatenate(pooled, axis=-1)
         scale = self.lipschitz_constant / np.sqrt(2.0)
         return output if scale == 1.0 else output * scale
 
     def compute_output_shape(self, input_shape):
         batch, height, width, channels = input_shape
-        if height != 1 or width != 1:
-            height, width = height // 2, width // 2
-        return (batch, height, width, 2 * channels)
+        return (batch, -(-height // 2), -(-width // 2), 2 * channels)
 
     def build(self, input_shape):
         if len(input_shape) != 4 or None in input_shape[1:]:

@@ -7,11 +7,13 @@ trainable classifier gets its own :class:`~keras_capacity.LipDist` (an
 unconstrained one still records ``K0``, so its distance can be reported);
 call :func:`keras_capacity.bind` before training.
 
-Where a layer's input map is smaller than its 3x3 kernel (the deep stages at
-32x32 inputs see 2x2 and 1x1 maps) the kernel is 2x2 or 1x1: on a periodic
-2x2 grid a 3x3 kernel's taps fold onto 2x2 positions, so the smaller kernel
-is the same family of operators, with the reference's parameter count, and
-every layer's Lipschitz constant is that of the operator it applies.
+The input shape comes from the data (any number of channels; any size for
+the ResNet, up to 32x32 for the simple convnets). Where a layer's input map
+is smaller than its 3x3 kernel (the deep stages at 32x32 inputs see 2x2 and
+1x1 maps) the kernel is 2x2 or 1x1: on a periodic 2x2 grid a 3x3 kernel's
+taps fold onto 2x2 positions, so the smaller kernel is the same family of
+operators, with the reference's parameter count, and every layer's
+Lipschitz constant is that of the operator it applies.
 
 Max-pools are ``keras.layers.MaxPooling2D(3, 2, padding="same")``: windows
 start at pixel 0 rather than PyTorch's -1, a one-pixel shift of the same
@@ -93,10 +95,11 @@ def _simple_convnet(
     name,
 ):
     _check_classes(num_classes)
-    if tuple(input_shape[:2]) != (32, 32):
+    if len(input_shape) != 3 or max(input_shape[:2]) > 32:
         raise ValueError(
-            f"{name} is built for 32x32 inputs (five halvings down to 1x1), "
-            f"got input_shape={tuple(input_shape)}."
+            f"{name} takes images of at most 32x32, (H, W, C) (five halvings down to "
+            f"1x1 before its head), got input_shape={tuple(input_shape)}; "
+            "preact_resnet18 takes any size."
         )
     build = _Builder(lip, dist, mode, n_iter, every)
     inputs = keras.Input(input_shape)
@@ -143,9 +146,10 @@ def simple_convnet6(
 
     Each block is a bias-free circular conv with stride 2 (or stride 1 and a
     3x3/2 max-pool when ``strides=False``) and a ReLU; 32x32 inputs shrink
-    to 1x1. The head is a 1x1 circular conv to the classes and a flatten;
-    with ``simplex=True`` it is a flatten and a :class:`SimplexClassifier`
-    when ``dist[3] == 0``, else a constrained bias-free ``Dense``.
+    to 1x1 (smaller ones, 28x28 say, too: every halving rounds up). The
+    head is a 1x1 circular conv to the classes and a flatten; with
+    ``simplex=True`` it is a flatten and a :class:`SimplexClassifier` when
+    ``dist[3] == 0``, else a constrained bias-free ``Dense``.
 
     The fifth conv sees a 2x2 map, so its kernel is 2x2. Parameters for 10
     classes, as the reference after its first forward pass: 8,145,408 with
@@ -161,7 +165,7 @@ def simple_convnet6(
             shortcuts), the first applies to block 1's conv, the second to
             every other conv, the fourth to the head.
         mode, n_iter, every: passed to every :class:`LipDist`.
-        input_shape: ``(32, 32, channels)``.
+        input_shape: ``(H, W, channels)``, ``H, W <= 32``.
     """
     return _simple_convnet(
         1,

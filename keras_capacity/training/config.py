@@ -15,9 +15,9 @@ from keras_capacity.training import data, optimizers
 
 SCHEDULES = ("auto", "cosine", "step", "constant")
 STRATEGIES = ("auto", "mirrored", "one_device", "multi_worker")
-# The settings with a fixed set of values.
+# The settings with a fixed set of values (--dataset also takes tfds:NAME
+# and paths: _dataset).
 CHOICES = {
-    "dataset": data.DATASETS,
     "arch": tuple(models.ARCHITECTURES),
     "proj_mode": constraints.MODES,
     "optimizer": optimizers.OPTIMIZERS,
@@ -179,6 +179,21 @@ def _choice(config, name):
     return value
 
 
+def _dataset(config):
+    """``--dataset``: a named dataset, ``tfds:NAME``, or a folder or
+    ``.npz`` file that exists (its contents are checked when loading)."""
+    value = config.dataset
+    try:
+        data.source(value)
+    except data.dataset_sources.UnknownDataset:
+        raise ConfigError(
+            f"--dataset: unknown value {value!r}; expected {data.dataset_sources.FORMS}."
+        ) from None
+    except ValueError as error:
+        raise ConfigError(f"--dataset: {error}") from None
+    return value
+
+
 def _flag(config, name):
     value = getattr(config, name)
     if isinstance(value, str) and value.lower() in ("true", "false"):
@@ -216,7 +231,7 @@ def _milestones(config):
 def _normalized(config):
     """Every field converted to its type and checked, or a ConfigError."""
     return {
-        "dataset": _choice(config, "dataset"),
+        "dataset": _dataset(config),
         "data_dir": None if not config.data_dir else str(config.data_dir),
         "arch": _choice(config, "arch"),
         "n_channels": _integer(config, "n_channels", 1),

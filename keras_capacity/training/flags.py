@@ -10,11 +10,14 @@ run (flags, ``flags.txt``, Python) is checked alike.
 from absl import flags
 
 from keras_capacity.training import config as run_config
+from keras_capacity.training import dataset_sources
 
 _HELP = {
-    "dataset": "Dataset; shapes10 is bundled and needs no download (cifar10/100: prepare "
-    "them once with keras-capacity-data).",
-    "data_dir": "TFDS data directory (cifar10/100), or the tiny-imagenet-200 folder.",
+    "dataset": "Dataset: shapes10 (bundled, no download), cifar10, cifar100 (prepare them once "
+    "with keras-capacity-data), tiny_imagenet, tfds:NAME (any TFDS image-classification "
+    "dataset prepared in --data_dir, e.g. tfds:mnist), a folder with train/<class>/ and "
+    "test/<class>/ image folders, or an .npz file with x_train, y_train, x_test, y_test.",
+    "data_dir": "TFDS data directory (cifar10/100, tfds:NAME), or the tiny-imagenet-200 folder.",
     "arch": "Architecture.",
     "n_channels": "Channels of every layer of simple_convnet6/11.",
     "simplex": "simple_convnet6/11: flatten + SimplexClassifier (if the classifier's dist is 0) "
@@ -84,5 +87,7 @@ def config_from_flags(flag_values=flags.FLAGS):
 
 
 def run_directory(config, flag_values=flags.FLAGS):
-    """``--logdir``, or ``runs/<dataset>_<arch>``."""
-    return flag_values["logdir"].value or f"runs/{config.dataset}_{config.arch}"
+    """``--logdir``, or ``runs/<dataset>_<arch>`` (a path's last component,
+    ``tfds_NAME`` for ``tfds:NAME``)."""
+    name = dataset_sources.short_name(config.dataset)
+    return flag_values["logdir"].value or f"runs/{name}_{config.arch}"

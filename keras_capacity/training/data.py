@@ -241,8 +241,20 @@ def _named(name, data_dir):
     return _tfds(name, data_dir or None)
 
 
+# What --inputs of the report can ask for: the training program's per-channel
+# standardization, or the images divided by 255 (8-bit images), or as stored.
+INPUTS = ("standardized", "unit", "raw")
+
+
 def load(
-    name, data_dir=None, batch_size=256, limit_to=-1, randomize_labels=False, augment=False, seed=0
+    name,
+    data_dir=None,
+    batch_size=256,
+    limit_to=-1,
+    randomize_labels=False,
+    augment=False,
+    seed=0,
+    inputs="standardized",
 ):
     """Normalized, batched train and test pipelines for dataset ``name``.
 
@@ -262,10 +274,15 @@ def load(
             with ``seed`` (the same on every run and resume).
         augment: random 4-pixel-padded crops and horizontal flips.
         seed: seeds the shuffling and the random labels.
+        inputs: ``standardized`` (per channel, as training feeds a model),
+            ``unit`` (8-bit images divided by 255) or ``raw`` (as stored):
+            what a model trained elsewhere expects.
 
     Returns:
         A :class:`Data`.
     """
+    if inputs not in INPUTS:
+        raise ValueError(f"inputs={inputs!r}: expected one of {INPUTS}.")
     found = source(name)
     if found.kind == dataset_sources.NAMED:
         train, test, num_classes, num_train, num_test = _named(name, data_dir)
@@ -280,6 +297,10 @@ def load(
     if randomize_labels:
         labels = tf.constant(random_labels(num_train, num_classes, seed), tf.int64)
         train = train.enumerate().map(lambda i, example: (example[0], tf.gather(labels, i)))
+    if inputs != "standardized":
+        channels = len(statistics[0])
+        statistics = ((0.0,) * channels, (1.0,) * channels)
+        divisor = divisor if inputs == "unit" else 1.0
     normalize = _normalizer(*statistics, divisor)
     train = train.map(normalize, num_parallel_calls=tf.data.AUTOTUNE).cache()
     test = test.map(normalize, num_parallel_calls=tf.data.AUTOTUNE).cache()

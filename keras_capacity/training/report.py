@@ -499,17 +499,25 @@ def write_report(
     return write(run_dir, record, run_headline(summary), gamma)
 
 
-def measure_model(model_path, data_name, out_dir, init=None, data_dir=None, gamma=DEFAULT_GAMMA):
+def measure_model(
+    model_path,
+    data_name,
+    out_dir,
+    init=None,
+    data_dir=None,
+    gamma=DEFAULT_GAMMA,
+    inputs="standardized",
+):
     """``keras-capacity-report --model``: the report of a model trained
     anywhere, on a dataset that :func:`keras_capacity.training.data.load`
-    reads, into ``out_dir``. Everything is measured before anything is
-    written, so a bad input leaves no file behind."""
+    reads (``inputs``: see there), into ``out_dir``. Everything is measured
+    before anything is written, so a bad input leaves no file behind."""
     from keras_capacity.training import data as datasets
 
     chosen_margin(gamma, [1.0])  # checked before anything is loaded
     model = load_model(model_path)
     try:
-        data = datasets.load(data_name, data_dir)
+        data = datasets.load(data_name, data_dir, inputs=inputs)
     except (FileNotFoundError, ValueError) as error:
         raise runs.RunError(f"--data={data_name}: {error}") from None
     outputs = model.outputs[0].shape[-1] if getattr(model, "outputs", None) else None
@@ -550,6 +558,13 @@ def _parser():
         "--data", help="its data: a name, tfds:NAME, a folder or an .npz, as --dataset of training"
     )
     parser.add_argument("--data_dir", help="where TFDS data (or the Tiny-ImageNet folder) is")
+    parser.add_argument(
+        "--inputs",
+        default="standardized",
+        choices=("standardized", "unit", "raw"),
+        help="what the model takes: images standardized per channel as train_main.py feeds "
+        "them (default), divided by 255, or as stored (a model with its own Rescaling)",
+    )
     parser.add_argument("--out", help="the folder to write the report of --model into")
     parser.add_argument(
         "--gamma",
@@ -587,6 +602,7 @@ def main(argv=None):
                 arguments.init,
                 arguments.data_dir,
                 arguments.gamma,
+                arguments.inputs,
             )
         else:
             write_report(arguments.run_dir, gamma=arguments.gamma)

@@ -243,6 +243,8 @@ def sessions(workdir):
 
 @pytest.fixture(scope="module")
 def single_process(tmp_path_factory):
+    """The sweep of ``BASE``: one epoch (two steps) on 128 images, whose
+    unconstrained baseline cannot learn (test error at chance, 0.9)."""
     workdir = tmp_path_factory.mktemp("single") / "sweep"
     result = subprocess.run(
         sweep_command(workdir),
@@ -273,6 +275,20 @@ def test_the_command_writes_its_results(single_process):
         for name in os.listdir(workdir / "trials")
     ]
     assert all(os.path.isdir(path) for path in hparams) and len(hparams) == 3
+
+
+def test_a_baseline_that_cannot_learn_ends_with_the_reason(single_process):
+    workdir, result = single_process  # exit status 0: the sweep itself did not fail
+    reason = result.stdout.strip().splitlines()[-2]
+    assert reason.startswith("no estimate: the unconstrained baseline did not learn: its test")
+    assert reason.endswith(
+        "train longer (--epochs), on more data (--limit_to), or with a larger learning rate (--lr)"
+    )
+    saved = json.loads((workdir / "sweep.json").read_text())
+    assert saved["chance"]["test_error"] == pytest.approx(0.9)  # shapes10: 100 of each class
+    assert saved["excess_capacity"]["dist.inner"]["tightest"] is None
+    assert f"no estimate: {saved['excess_capacity']['dist.inner']['reason']}" == reason
+    assert f"**No estimate: {saved['no_estimate']}.**" in (workdir / "sweep.md").read_text()
 
 
 def test_another_definition_is_refused(single_process):

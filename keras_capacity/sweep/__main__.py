@@ -123,25 +123,14 @@ def _main(argv):
 
 
 def describe(summary, axes, workdir):
-    """The lines a sweep ends with."""
-    lines = []
-    for axis in axes:
-        estimate = summary["excess_capacity"][axis.name]
-        if estimate["tightest"] is None:
-            lines.append(f"{axis.name}: no value kept the test error within the tolerance")
-        else:
-            removed = estimate["removed_lipschitz"], estimate["removed_distance"]
-            lines.append(
-                f"{axis.name}: tightest value within tolerance {axis.label(estimate['tightest'])}"
-                f" (test error {estimate['test_error']:.4f}); it removes "
-                + ", ".join(
-                    f"{100 * r:.0f}% of the {what}"
-                    for r, what in zip(
-                        removed, ("network Lipschitz bound", "sum of distances"), strict=True
-                    )
-                    if r is not None
-                )
-            )
+    """The lines a sweep ends with: one per axis, or the one line that says
+    why there is no estimate at all (and what to change)."""
+    from keras_capacity.sweep import results
+
+    if summary["no_estimate"]:
+        lines = [f"no estimate: {summary['no_estimate']}"]
+    else:
+        lines = [results.axis_line(axis, summary["excess_capacity"][axis.name]) for axis in axes]
     if summary["failed"]:
         lines.append(f"failed trials: {', '.join(summary['failed'])}")
     lines.append(f"results in {os.path.join(workdir, 'sweep.md')}")

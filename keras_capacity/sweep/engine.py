@@ -46,6 +46,7 @@ class Sweep:
     def __init__(self, workdir, definition, axes, trials, tolerance=None, log=print):
         self.workdir, self.definition = workdir, definition
         self.axes, self.trials, self.tolerance, self.log = axes, trials, tolerance, log
+        self._chance = None
 
     def run_dir(self, trial):
         return os.path.join(self.workdir, TRIALS_DIR, trial.name)
@@ -92,12 +93,49 @@ class Sweep:
             error = runs.read_json(self._failure_path(trial), "a failed trial")["error"]
         return results.trial_record(trial, summary, error, self.run_dir(trial))
 
+    def chance(self):
+        """The test set's chance level (:func:`results.chance_level`), from
+        its labels, read once per process; when they cannot be read (a chief
+        on a machine without the data), an unknown one that says why.
+
+        A trial whose run summary records ``test_class_counts`` needs none
+        of this (:func:`results.summarize` prefers those)."""
+        if self._chance is None:
+            config = self.trials[0].config
+            try:
+                counts = count_test_labels(config.dataset, config.data_dir)
+                self._chance = results.chance_level(counts, f"the test labels of {config.dataset}")
+            except Exception as error:  # the sweep goes on; sweep.md says what is unchecked
+                self._chance = results.unknown_chance(
+                    f"the test labels of {config.dataset} could not be read: "
+                    f"{type(error).__name__}: {error}"
+                )
+        return self._chance
+
     def summary(self):
         records = [self.record(trial) for trial in self.trials]
-        return results.summarize(self.definition, self.axes, records, self.tolerance)
+        chance = None
+        if not any(r.get("test_class_counts") for r in records):
+            chance = self.chance()
+        return results.summarize(self.definition, self.axes, records, self.tolerance, chance)
 
     def write_results(self):
         results.write(self.workdir, self.summary(), self.axes)
+
+
+def count_test_labels(dataset, data_dir=None):
+    """How many test images each class of ``dataset`` has (the test split
+    does not depend on ``--limit_to``, the seed or the random labels, so
+    the whole sweep shares it)."""
+    import numpy as np
+
+    from keras_capacity.training import data
+
+    loaded = data.load(dataset, data_dir, batch_size=1024)
+    counts = np.zeros(loaded.num_classes, np.int64)
+    for _, labels in loaded.test:
+        counts += np.bincount(np.asarray(labels), minlength=loaded.num_classes)
+    return counts.tolist()
 
 
 class _Tuner(keras_tuner.engine.base_tuner.BaseTuner):

@@ -15,6 +15,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 import keras_capacity as kc
 from keras_capacity.training import ConfigError, RunConfig, RunError, runs, train_and_evaluate
+from keras_capacity.training import data as datasets
 
 SMALL = dict(
     dataset="shapes10",
@@ -318,6 +319,9 @@ def test_summary_and_report_carry_the_test_error_bounds(finished):
     from keras_capacity import bounds
 
     assert set(summary["test_error_bounds"]) == set(bounds.BOUNDS)
+    with np.load(datasets.SHAPES10_PATH) as arrays:  # the sweep's chance level reads these
+        expected = np.bincount(arrays["y_test"], minlength=10).tolist()
+    assert summary["test_class_counts"] == expected
     for bound in summary["test_error_bounds"].values():
         assert bound["margin"] in bounds.MARGIN_GRID and bound["delta"] == 0.05
         assert bound["vacuous"] == (bound["value"] is None or bound["value"] >= 1)

@@ -181,13 +181,14 @@ def fit(config, setup, model, run_dir, log):
     return len(history.epoch)
 
 
-def _evaluate(model, dataset):
-    """Mean cross-entropy, accuracy and every example's margin over the
-    whole dataset, from one pass computed locally in inference mode (the
-    same on every worker)."""
+def _evaluate(model, dataset, num_classes):
+    """Mean cross-entropy, accuracy, every example's margin and the count of
+    each label over the whole dataset, from one pass computed locally in
+    inference mode (the same on every worker)."""
     from scipy.special import logsumexp
 
     total_loss, correct, count, margins = 0.0, 0, 0, []
+    label_counts = np.zeros(num_classes, np.int64)
     for inputs, labels in dataset:
         scores = np.asarray(model(inputs, training=False), np.float64)
         labels = np.asarray(labels).astype(np.int64)
@@ -196,7 +197,8 @@ def _evaluate(model, dataset):
         correct += int(np.sum(scores.argmax(axis=1) == labels))
         count += len(labels)
         margins.append(network.margins_of_scores(scores, labels))
-    return total_loss / count, correct / count, np.concatenate(margins)
+        label_counts += np.bincount(labels, minlength=num_classes)
+    return total_loss / count, correct / count, np.concatenate(margins), label_counts
 
 
 def _json_number(value):
@@ -247,8 +249,9 @@ def finalize(config, setup, model, log):
         log(f"final projection ({FINAL_PROJECTION_ROUNDS} rounds) ...")
         binding.project(model, n_iter=FINAL_PROJECTION_ROUNDS)
     log("evaluating on the training and test data ...")
-    train_loss, train_acc, _ = _evaluate(model, setup.data.train)
-    test_loss, test_acc, test_margins = _evaluate(model, setup.data.test)
+    classes = setup.data.num_classes
+    train_loss, train_acc, _, _ = _evaluate(model, setup.data.train, classes)
+    test_loss, test_acc, test_margins, test_counts = _evaluate(model, setup.data.test, classes)
     log("measuring the layers and the bounds' quantities ...")
     record = measurement.measure(
         model, setup.data.train, setup.data.test, num_classes=setup.data.num_classes
@@ -275,6 +278,7 @@ def finalize(config, setup, model, log):
         "num_train": setup.data.num_train,
         "num_test": setup.data.num_test,
         "test_error_bounds": test_error,
+        "test_class_counts": test_counts.tolist(),
     }
     return summary, record
 

@@ -51,8 +51,10 @@ def check_many_large_steps(model, conv, head, steps=25):
         previous = direction
     # The steps did move the top singular direction, most of the time.
     assert moved >= steps // 2, moved
-    # The worst input that gradient ascent finds agrees with the oracle.
-    assert worst_case_gain(conv, SHAPE, steps=200) <= LIP * (1 + LIPSCHITZ_TOLERANCE)
+    # The dense matrix is the layer's own map: an input that gradient ascent
+    # finds attains its norm (to float32 precision), so the bound checked
+    # above is the layer's true gain, not a looser number.
+    assert worst_case_gain(conv, SHAPE) == pytest.approx(norm, rel=1e-5)
 
 
 @pytest.mark.parametrize(

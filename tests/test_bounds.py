@@ -64,6 +64,27 @@ def wrap_patches_max_norm(activation, kernel, stride):
     return best
 
 
+# Each layer's input shape in small_network.
+SHAPES = {"c1": (8, 8, 2), "c2": (4, 4, 4), "fc": (16,)}
+
+
+def patch_norms(model, x):
+    """The largest input-patch norm of every layer, by a numpy loop over
+    the patches of each layer's input (the Dense layer's patch is its
+    whole input)."""
+    inputs = [
+        np.asarray(keras.Model(model.inputs[0], model.get_layer(name).input)(x), np.float64)
+        for name in SHAPES
+    ]
+    return np.array(
+        [
+            wrap_patches_max_norm(inputs[0], 3, 2),
+            wrap_patches_max_norm(inputs[1], 3, 2),
+            np.linalg.norm(inputs[2], axis=1).max(),
+        ]
+    )
+
+
 def test_quantities_against_numpy():
     model = small_network()
     x, y = data(model)
@@ -79,14 +100,13 @@ def test_quantities_against_numpy():
     own = scores[np.arange(40), y]
     scores[np.arange(40), y] = -np.inf
     assert q.margin == pytest.approx((own - scores.max(axis=1)).min(), rel=1e-5)
-    shapes = {"c1": (8, 8, 2), "c2": (4, 4, 4), "fc": (16,)}
-    for i, name in enumerate(("c1", "c2", "fc")):
+    for i, (name, shape) in enumerate(SHAPES.items()):
         layer = model.get_layer(name)
         k = layer.kernel.numpy().astype(np.float64)
         k0 = layer.kernel_constraint.initial_kernel.numpy().astype(np.float64)
         k4, d4 = (k, k - k0) if k.ndim == 4 else (k[None, None], (k - k0)[None, None])
         assert q.lipschitz[i] == pytest.approx(
-            np.linalg.norm(operator_matrix(layer, shapes[name]), 2), rel=1e-5
+            np.linalg.norm(operator_matrix(layer, shape), 2), rel=1e-5
         )
         assert q.dist21[i] == pytest.approx(np.sqrt((d4**2).sum(axis=2)).sum(), rel=1e-10)
         assert q.filter_dist21[i] == pytest.approx(
@@ -109,13 +129,7 @@ def test_quantities_against_numpy():
         (2, 4, 16),
     )
     assert q.params == (3 * 3 * 2 * 4, 3 * 3 * 4 * 4, 16 * 3)
-    inner = keras.Model(model.inputs[0], model.get_layer("c2").input)
-    assert q.patch_norms[0] == pytest.approx(wrap_patches_max_norm(x, 3, 2), rel=1e-6)
-    assert q.patch_norms[1] == pytest.approx(
-        wrap_patches_max_norm(np.asarray(inner(x)), 3, 2), rel=1e-6
-    )
-    flat = np.asarray(keras.Model(model.inputs[0], model.get_layer("fc").input)(x), np.float64)
-    assert q.patch_norms[2] == pytest.approx(np.linalg.norm(flat, axis=1).max(), rel=1e-6)
+    np.testing.assert_allclose(q.patch_norms, patch_norms(model, x), rtol=1e-6)
 
 
 # The reference's code (bounds/rademacher_bounds.py), transcribed to numpy
@@ -145,7 +159,12 @@ def reference_record(model, x, y):
         margin=(own - scores.max(1)).min(),
         data_max_abs=np.abs(x64).max(),
         data_max_coordinate_norm=np.linalg.norm(x64, axis=0).max(),
-        lip=np.array([kc.lipschitz(layer) for layer in layers]),
+        lip=np.array(
+            [
+                np.linalg.norm(operator_matrix(layer, shape), 2)
+                for layer, shape in zip(layers, SHAPES.values(), strict=True)
+            ]
+        ),
         norm22=np.array([np.linalg.norm(w) for w in weights]),
         dist22=np.array([np.linalg.norm(d) for d in deltas]),
         dist21=np.array([np.linalg.norm(d, axis=1).sum() for d in deltas]),
@@ -282,8 +301,8 @@ def quantities():
 
 @pytest.fixture(scope="module")
 def reference(quantities):
-    q, model, x, y = quantities
-    return {**reference_record(model, x, y), "b_l": np.array(q.patch_norms)}
+    _, model, x, y = quantities
+    return {**reference_record(model, x, y), "b_l": patch_norms(model, x)}
 
 
 def test_the_reference_names_give_the_measured_record(quantities, reference):
@@ -394,7 +413,9 @@ def test_test_error_bound_against_a_direct_computation(quantities, reference):
     found = bounds.error_bounds(q)
     for name, values in curves.items():
         best = int(np.nanargmin(values))
-        assert found[name].value == pytest.approx(values[best], rel=1e-9), name
+        # The measured patch norms are float32 sums, the reference's a
+        # float64 loop: about 1e-7 apart.
+        assert found[name].value == pytest.approx(values[best], rel=1e-6), name
         assert found[name].margin == grid[best], name
         assert found[name].vacuous == (values[best] >= 1)
     assert found["ours_norms"].confidence == pytest.approx(confidence)

@@ -43,6 +43,23 @@ def reference_resnet_params(classes, size=32):
     return conv_params(convs) + 512 * classes
 
 
+def reference_resnet_batch_norm_channels():
+    """The channels the reference's pre-activation ResNet-18 normalizes:
+    after the stem; in every block before each of its two activations (the
+    block's input, then its first conv's output); and after the pooling
+    shortcut of each downsampling block (two pools of the input,
+    concatenated: twice the input's channels). Each BatchNorm holds four
+    numbers per channel (scale and offset trained, mean and variance not)."""
+    channels, cin = [64], 64
+    for stage, planes in enumerate((64, 128, 256, 512)):
+        for block in range(2):
+            channels += [cin, planes]
+            if stage and not block:
+                channels.append(2 * cin)
+            cin = planes
+    return sum(channels)
+
+
 @pytest.mark.parametrize(
     "depth,builder", [(1, models.simple_convnet6), (2, models.simple_convnet11)]
 )
@@ -61,7 +78,11 @@ def test_documented_parameter_counts():
         200, input_shape=(64, 64, 3)
     ).count_params() == reference_resnet_params(200, size=64)
     with_bn = models.preact_resnet18(10, batch_norm=True)
-    assert with_bn.count_params() - 3_070_144 == 17_408
+    normalized = reference_resnet_batch_norm_channels()
+    assert with_bn.count_params() - 3_070_144 == 4 * normalized == 17_408
+    trainable = sum(int(np.prod(w.shape)) for w in with_bn.trainable_weights)
+    without = models.preact_resnet18(10).trainable_weights
+    assert trainable - sum(int(np.prod(w.shape)) for w in without) == 2 * normalized
 
 
 def lipdists(model):

@@ -325,13 +325,14 @@ def _error_table(record):
 
 
 def _layer_lines(rows):
-    lines = [
-        "## Layers",
-        "",
+    """The layer table; a column for the folded BatchNorms where there are
+    any."""
+    folds = any(r.get("folded") for r in rows)
+    header = (
         "| layer | kind | Lipschitz bound | Lipschitz | holds | distance bound | distance |"
-        " holds | parameters | BatchNorm folded |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+        " holds | parameters |" + (" BatchNorm folded |" if folds else "")
+    )
+    lines = ["## Layers", "", header, "|---" * header.count(" |") + "|"]
     for r in rows:
         lip_holds, dist_holds = _holds(r)
         distance = r["distance"]
@@ -343,7 +344,7 @@ def _layer_lines(rows):
             f"| {r['name']} | {r['kind']} | {_number(r['lip_constraint'])} | "
             f"{_number(r['lipschitz'])} | {lip_holds} | "
             f"{_number(r['dist_constraint'])} | {distance} | "
-            f"{dist_holds} | {r['params']} | {r.get('folded') or ''} |"
+            f"{dist_holds} | {r['params']} |" + (f" {r.get('folded') or ''} |" if folds else "")
         )
     return lines
 

@@ -8,6 +8,7 @@ traceback or the whole ``--help`` text.
 """
 
 import logging
+import re
 import sys
 
 from absl import app, flags
@@ -48,7 +49,19 @@ def _train_main(argv):
     print(training.describe(summary, run_dir), flush=True)
 
 
+def parse_flags(argv):
+    """absl's flag parsing, with its errors (a value outside a flag's
+    choices, a flag file that cannot be read, an unknown flag) in the same
+    one line and exit status 2 as every other error, where absl would print
+    two lines and exit with 1."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        fail(re.sub(r"^ERROR::\s*", "", " ".join(lines)))
+
+
 def train():
     """``train_main.py`` / ``keras-capacity-train``."""
     run_flags.define_flags()
-    app.run(_train_main)
+    app.run(_train_main, flags_parser=parse_flags)

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_capacity import backend, constraints, exact_norms, operators
+from keras_capacity import backend, constraints, exact_norms, linear_layers
 from keras_capacity import layers as capacity_layers
 
 
@@ -106,31 +106,8 @@ def constrained_layers(model: keras.Model) -> list[tuple[keras.layers.Layer, con
 
 def operator_geometry(layer, input_shape):
     """The :class:`OperatorGeometry` of ``layer`` on inputs of ``input_shape``
-    (with batch axis)."""
-    if isinstance(layer, keras.layers.Dense):
-        return operators.OperatorGeometry(operators.DENSE)
-    if layer.data_format == "channels_last":
-        size = tuple(input_shape[1:3])
-    else:
-        size = tuple(input_shape[2:4])
-    if any(d is None for d in size):
-        raise ValueError(
-            f"The input size of layer {layer.name!r} is unknown "
-            f"(input shape {tuple(input_shape)}), and a convolution's "
-            "Lipschitz constant depends on it. Pass "
-            "`input_shape=(H, W, C)` to keras_capacity.bind."
-        )
-    if isinstance(layer, capacity_layers.CircularConv2D):
-        padding = "circular"
-    else:
-        padding = layer.padding
-    return operators.OperatorGeometry(
-        operators.CONV2D,
-        input_size=size,
-        strides=layer.strides,
-        dilation=layer.dilation_rate,
-        padding=padding,
-    )
+    (with batch axis): :func:`keras_capacity.linear_layers.geometry`."""
+    return linear_layers.geometry(layer, input_shape)
 
 
 def _recorded_input_shapes(model, layers, input_shape):
@@ -243,16 +220,22 @@ def kernel_lipdist(layer: keras.layers.Layer) -> constraints.LipDist | None:
 def lipschitz(layer: keras.layers.Layer) -> float:
     """The Lipschitz constant of ``layer``'s linear map, as a float.
 
-    Exact for Dense (SVD) and ``CircularConv2D`` whose strides divide the
-    input (FFT, folded for strides); otherwise
-    Lanczos in float64 converged far below a relative error of 1e-5. The
-    map is the one on the layer's bound input (or the input it was built
-    on, for a layer without ``LipDist``); the bias is ignored.
+    Any linear layer (:data:`keras_capacity.linear_layers.LINEAR_LAYERS`:
+    ``Dense``; ``Conv1D``/``2D``/``3D`` with any padding, strides,
+    dilation and groups; depthwise, separable and transposed
+    convolutions). Exact for Dense (SVD) and ``CircularConv2D`` whose
+    strides divide the input (FFT, folded for strides); otherwise Lanczos
+    in float64 converged far below a relative error of 1e-5 (a grouped or
+    depthwise convolution: the largest over its groups; a separable one:
+    the composed map's). The map is the one on the layer's bound input (or
+    the input it was built on, for a layer without ``LipDist``); the bias
+    is ignored.
     """
-    if not isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D)):
+    if not linear_layers.is_linear(layer):
         raise ValueError(
-            f"lipschitz() supports Dense and Conv2D layers, got "
-            f"{type(layer).__name__} {layer.name!r}."
+            "lipschitz() supports Dense and Conv2D layers and Keras's other convolutions "
+            f"(1-D, 3-D, depthwise, separable, transposed), got {type(layer).__name__} "
+            f"{layer.name!r}."
         )
     constraint = kernel_lipdist(layer)
     if constraint is not None:
@@ -261,7 +244,7 @@ def lipschitz(layer: keras.layers.Layer) -> float:
         geometry = operator_geometry(layer, layer.get_build_config()["input_shape"])
     else:
         raise ValueError(f"Layer {layer.name!r} is not built.")
-    return exact_norms.spectral_norm(ops.convert_to_numpy(layer.kernel), geometry)
+    return exact_norms.spectral_norm(linear_layers.map_kernel(layer), geometry)
 
 
 def distance(layer: keras.layers.Layer) -> float:

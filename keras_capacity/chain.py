@@ -14,6 +14,15 @@ checks a model against that, and the rule is:
   and the biases are not capacity terms (the paper's networks have none,
   and the field's measurements leave them out); the record says which
   layers have them.
+* Every kernel is a dense map or a 2-D convolution. Grouped, depthwise and
+  separable 2-D convolutions are plain convolutions whose kernels are
+  block-diagonal (the groups') or composed (depthwise then pointwise), so
+  their terms are that plain convolution's: norms and distances of its
+  kernel (the zeros outside the groups add nothing), its ``in_channels``
+  and its parameter count ``k_h k_w in out``, an upper bound on the
+  layer's own (the theorems hold for every plain convolution, so for this
+  one). 1-D, 3-D and transposed convolutions make the bounds not
+  applicable (:func:`keras_capacity.linear_layers.bounds_reason`).
 * Fixed layers before the first kernel are preprocessing: the data terms
   (``||X||``, patch norms) are measured on the first kernel's input.
 * Anything else makes every bound *not applicable*, with the reason: a
@@ -31,16 +40,16 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_capacity import binding, network
+from keras_capacity import binding, linear_layers, network
 
-KERNEL_LAYERS = (keras.layers.Dense, keras.layers.Conv2D)
+KERNEL_LAYERS = linear_layers.LINEAR_LAYERS
 
 
 @dataclasses.dataclass(frozen=True)
 class Chain:
     """A model as the bounds see it.
 
-    ``kernels``: the ``Dense``/``Conv2D`` layers in forward order;
+    ``kernels``: the linear layers (:data:`KERNEL_LAYERS`) in forward order;
     ``folded``: ``{kernel name: (BatchNormalization layer, "after" or
     "before")}``; ``reason``: why the bounds do not apply, or ``None``.
     """
@@ -93,6 +102,9 @@ def chain_of(model: keras.Model) -> Chain:
             return Chain(tuple(kernels), {}, f"nested model {layer.name!r}: flatten it first")
         if isinstance(layer, KERNEL_LAYERS):
             seen_kernel = True
+            kind_reason = linear_layers.bounds_reason(layer)
+            if kind_reason is not None:
+                return Chain(tuple(kernels), {}, kind_reason)
             own = network.activation_lipschitz(layer.activation, repr(layer.name))
             if own > 1:
                 return Chain(
@@ -116,7 +128,7 @@ def chain_of(model: keras.Model) -> Chain:
                 return Chain(
                     tuple(kernels),
                     {},
-                    f"BatchNormalization {layer.name!r} is not next to a Dense/Conv2D without "
+                    f"BatchNormalization {layer.name!r} is not next to a linear layer without "
                     "a nonlinearity between them, so it cannot be folded into a kernel, and "
                     "its trained scale is in no capacity term",
                 )
@@ -167,10 +179,15 @@ def _batch_norm_scale(layer, initial=False):
     return gamma / np.sqrt(variance + layer.epsilon)
 
 
-def _fold(kernel, scale, side):
-    """The kernel with a per-channel scale folded into its output
-    (``after``) or input (``before``) channels."""
-    return kernel * scale if side == "after" else kernel * scale[:, None]
+def _fold(kernel, scale, side, groups=1):
+    """The map kernel ``(..., in / groups, out)`` with a per-channel scale
+    folded into its output (``after``) or input (``before``) channels; the
+    input channel ``i`` of output ``o``'s group ``g`` is ``g in / groups + i``."""
+    if side == "after":
+        return kernel * scale
+    per_group = kernel.shape[-1] // groups
+    inputs = np.repeat(scale.reshape(groups, -1).T, per_group, axis=1)  # (in / groups, out)
+    return kernel * inputs
 
 
 def folded_kernels(layer, kernel, initial, chain, initial_layers):
@@ -179,11 +196,12 @@ def folded_kernels(layer, kernel, initial, chain, initial_layers):
     if layer.name not in chain.folded:
         return kernel, initial
     batch_norm, side = chain.folded[layer.name]
-    kernel = _fold(kernel, _batch_norm_scale(batch_norm), side)
+    groups = linear_layers.groups(layer)
+    kernel = _fold(kernel, _batch_norm_scale(batch_norm), side, groups)
     if initial is not None:
         if initial_layers is not None:
             start = _batch_norm_scale(initial_layers[batch_norm.name])
         else:
             start = _batch_norm_scale(batch_norm, initial=True)
-        initial = _fold(initial, start, side)
+        initial = _fold(initial, start, side, groups)
     return kernel, initial

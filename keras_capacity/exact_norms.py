@@ -13,11 +13,19 @@ float64 (numpy, or Lanczos over the compiled operator):
   at every frequency ``f`` (exact). With strides dividing ``H x W``, the
   frequencies that alias onto one output frequency form one block (see
   :func:`circular_conv_spectral_norm`).
-* Everything else (zero padding, strides that do not divide): Lanczos iteration
-  (ARPACK) on ``A^T A`` in float64, converged far below the relative
-  tolerance of 1e-5 that the project promises.
+* Everything else (zero padding, strides that do not divide, 1-D and 3-D
+  and transposed convolutions): Lanczos iteration (ARPACK) on ``A^T A`` in
+  float64, ``A`` applied as the layer applies it and ``A^T`` as its
+  gradient, converged far below the relative tolerance of 1e-5 that the
+  project promises; a small ``A^T A`` is formed densely and decomposed.
+* Grouped convolutions (depthwise ones too: one group per input channel)
+  are block diagonal: group ``g`` maps its ``in / groups`` input channels
+  to its ``out / groups`` output channels, so ``||A||_2`` is the largest of
+  the groups' norms, each found as above on its own small problem
+  (:func:`grouped_spectral_norm`).
 """
 
+import dataclasses
 import functools
 
 import numpy as np
@@ -30,6 +38,9 @@ from keras_capacity import backend, fourier, operators
 LANCZOS_TOL = 1e-12
 # Below this many input dimensions the Gram matrix A^T A is formed densely.
 DENSE_GRAM_LIMIT = 256
+# At most this many Gram entries are formed at once for the groups of a
+# grouped convolution (2^25 float64: 256 MiB).
+GROUP_GRAM_ENTRIES = 2**25
 
 
 def _phases(offsets, size, frequencies):
@@ -158,10 +169,59 @@ def top_singular(kernel, geometry, k=1, v0=None):
     return sigma, eigenvectors[:, order].T.reshape(k, *shape)
 
 
+def _group_kernel(kernel, geometry, first, count):
+    """The kernel and geometry of ``count`` consecutive groups from
+    ``first`` of a grouped convolution (one grouped convolution again)."""
+    per_group = kernel.shape[-1] // geometry.groups
+    block = kernel[..., first * per_group : (first + count) * per_group]
+    return block, dataclasses.replace(geometry, groups=count)
+
+
+def _group_grams(kernel, geometry):
+    """``(groups, n, n)``: every group's ``A_g^T A_g`` (``n`` its input
+    dimension), from one pass of the grouped operator over ``n`` basis
+    inputs that carry basis vector ``j`` in every group at once."""
+    shape = geometry.input_shape(kernel.shape)[1:-1]
+    channels = kernel.shape[-2]
+    n = int(np.prod(shape)) * channels
+    basis = np.eye(n).reshape(n, *shape, channels)
+    gram, _ = _gram_operator(kernel, geometry)
+    images = gram(np.tile(basis, geometry.groups).reshape(n, -1))
+    images = images.reshape(n, -1, geometry.groups, channels)
+    return np.moveaxis(images, 2, 0).reshape(geometry.groups, n, n)
+
+
+def grouped_spectral_norm(kernel, geometry):
+    """``||A||_2`` of a grouped convolution: the largest of its groups'.
+
+    The operator is block diagonal over the groups, so each group is its
+    own problem on ``in / groups`` input channels: exact by the FFT where
+    the padding is circular, by dense Gram matrices where a group's input
+    dimension is at most :data:`DENSE_GRAM_LIMIT` (all groups' in one pass,
+    a few hundred at a time), by Lanczos otherwise."""
+    groups = geometry.groups
+    single = dataclasses.replace(geometry, groups=1)
+    n = int(np.prod(single.input_shape(kernel.shape)[1:]))
+    if n > DENSE_GRAM_LIMIT or (fourier.is_circular(single) and fourier.strides_divide(single)):
+        return max(
+            spectral_norm(_group_kernel(kernel, geometry, g, 1)[0], single) for g in range(groups)
+        )
+    largest, step = 0.0, max(1, GROUP_GRAM_ENTRIES // (n * n))
+    for first in range(0, groups, step):
+        block, chunk = _group_kernel(kernel, geometry, first, min(step, groups - first))
+        grams = _group_grams(block, chunk)
+        grams = (grams + np.swapaxes(grams, 1, 2)) / 2
+        largest = max(largest, float(np.linalg.eigvalsh(grams)[:, -1].max()))
+    return float(np.sqrt(max(largest, 0.0)))
+
+
 def spectral_norm(kernel, geometry):
     """The layer's Lipschitz constant ``||A||_2``, exact or converged."""
+    kernel = np.asarray(kernel, dtype=np.float64)
     if geometry.kind == operators.DENSE:
-        return float(np.linalg.norm(np.asarray(kernel, np.float64), 2))
+        return float(np.linalg.norm(kernel, 2))
+    if geometry.groups > 1:
+        return grouped_spectral_norm(kernel, geometry)
     if fourier.is_circular(geometry) and fourier.strides_divide(geometry):
         return circular_conv_spectral_norm(kernel, geometry)
     return top_singular(kernel, geometry)[0]

@@ -1,9 +1,12 @@
 """The capacity record of any trained Keras model: :func:`measure` (SPEC §10).
 
 What the report and the bounds are made of, for a model this project may
-not have trained: per ``Dense``/``Conv2D`` layer the exact Lipschitz
-constant of its map on its actual input (any padding, strides, dilation)
-and its (2,1) distance to the kernel of the *initial* weights; the
+not have trained: per linear layer (``Dense`` and every Keras convolution:
+1-D, 2-D, 3-D, grouped, depthwise, separable, transposed; see
+:mod:`keras_capacity.linear_layers`) the exact Lipschitz constant of its
+map on its actual input (any padding, strides, dilation) and its (2,1)
+distance to the map of the *initial* weights, over the input axis each
+kind documents; the
 network's Lipschitz bound along its graph; the margins, the twelve
 complexity bounds and the bounds on the test error; certified accuracy.
 
@@ -25,7 +28,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_capacity import binding, bounds, network, operators
+from keras_capacity import binding, bounds, exact_norms, linear_layers, network, operators
 from keras_capacity import layers as capacity_layers
 from keras_capacity.chain import KERNEL_LAYERS, chain_of, folded_kernels
 
@@ -66,7 +69,7 @@ def _numpy(variable):
 
 def _initial_layers(model, init):
     """``{layer name: the init model's layer}`` for every kernel and
-    BatchNorm layer, matched by name and kernel shape."""
+    BatchNorm layer, matched by name and kernel shapes."""
     reference = _load_init(model, init)
     theirs = {layer.name: layer for layer in binding.walk_layers(reference)}
     matched = {}
@@ -76,7 +79,7 @@ def _initial_layers(model, init):
         other = theirs.get(layer.name)
         if other is None:
             raise ValueError(f"init: the initial model has no layer named {layer.name!r}.")
-        for name in ("kernel", "moving_variance"):
+        for name in ("kernel", "depthwise_kernel", "pointwise_kernel", "moving_variance"):
             if hasattr(layer, name):
                 ours, initial = tuple(getattr(layer, name).shape), getattr(other, name, None)
                 shape = None if initial is None else tuple(initial.shape)
@@ -90,9 +93,9 @@ def _initial_layers(model, init):
 
 
 def _initial_kernel(layer, initial_layers):
-    """The layer's initial kernel (float64), or ``None`` where unknown."""
+    """The layer's initial map kernel (float64), or ``None`` where unknown."""
     if initial_layers is not None:
-        return _numpy(initial_layers[layer.name].kernel)
+        return linear_layers.map_kernel(initial_layers[layer.name])
     if isinstance(layer, capacity_layers.SimplexClassifier):
         return _numpy(layer.kernel)  # fixed, never trained
     constraint = binding.kernel_lipdist(layer)
@@ -115,24 +118,32 @@ def _as_conv(kernel):
 
 def _layer_terms(layer, kernel, initial):
     """The per-layer fields of :class:`bounds.Quantities` (distances
-    ``None`` when ``initial`` is)."""
-    from keras_capacity import exact_norms
+    ``None`` when ``initial`` is), from the layer's map kernel.
 
+    A grouped (or depthwise) 2-D kernel ``(kh, kw, in / groups, out)``
+    stands for the plain convolution whose kernel holds each group's block
+    and zeros elsewhere (:mod:`keras_capacity.chain`): its norms and
+    distances are the block's (the zeros add nothing), its ``in_channels``
+    and ``params`` those of the plain convolution. A layer the bounds do
+    not describe (:func:`keras_capacity.linear_layers.bounds_reason`) gets
+    its Lipschitz constant only."""
     geometry = _geometry(layer)
+    terms = {"lipschitz": exact_norms.spectral_norm(kernel, geometry)}
+    if linear_layers.bounds_reason(layer) is not None:
+        return terms
     dense = geometry.kind == operators.DENSE
     kernel4 = _as_conv(kernel)
     filters = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731  (kh kw in, out)
-    terms = {
-        "lipschitz": exact_norms.spectral_norm(kernel, geometry),
-        "norm_fro": float(np.linalg.norm(kernel4)),
-        "norm_1inf": float(np.abs(filters(kernel4)).sum(axis=0).max()),
-        "params": int(kernel4.size),
-        "input_sizes": 1 if dense else int(geometry.input_size[1]),
-        "kernel_sizes": 1 if dense else int(kernel4.shape[1]),
-        "strides": 1 if dense else int(geometry.strides[1]),
-        "in_channels": int(kernel4.shape[2]),
-        "filter_norm_max": float(np.linalg.norm(filters(kernel4), axis=0).max()),
-    }
+    terms.update(
+        norm_fro=float(np.linalg.norm(kernel4)),
+        norm_1inf=float(np.abs(filters(kernel4)).sum(axis=0).max()),
+        params=int(kernel4.size) * geometry.groups,
+        input_sizes=1 if dense else int(geometry.input_size[1]),
+        kernel_sizes=1 if dense else int(kernel4.shape[1]),
+        strides=1 if dense else int(geometry.strides[1]),
+        in_channels=int(kernel4.shape[2]) * geometry.groups,
+        filter_norm_max=float(np.linalg.norm(filters(kernel4), axis=0).max()),
+    )
     if initial is None:
         terms.update(dist21=None, filter_dist21=None, dist_fro=None, dist_1inf=None)
     else:
@@ -147,23 +158,17 @@ def _layer_terms(layer, kernel, initial):
 
 
 def _patch_norm_squares(layer, inputs):
-    """The squared l2 norm of every input patch the layer sees, by one
-    convolution of the squared (padded) input with a ones kernel (float32
-    sums: relative error ~1e-7, far below what the bounds resolve)."""
+    """The squared l2 norm of every input patch the layer sees (all input
+    channels), by one convolution of the squared input with a ones kernel
+    in the layer's own geometry: its padding (zeros add nothing), strides
+    and dilation (float32 sums: relative error ~1e-7, far below what the
+    bounds resolve)."""
     x = ops.square(ops.cast(inputs, "float32"))
     if isinstance(layer, keras.layers.Dense):
         return ops.sum(ops.reshape(x, (ops.shape(x)[0], -1)), axis=1)
-    kh, kw = layer.kernel_size
-    if isinstance(layer, capacity_layers.CircularConv2D):
-        x = operators.circular_pad(x, layer.kernel_size, layer.dilation_rate, (1, 2))
-    elif layer.padding == "same":
-        dh, dw = layer.dilation_rate
-        eh, ew = dh * (kh - 1), dw * (kw - 1)
-        x = ops.pad(x, [[0, 0], [eh // 2, eh - eh // 2], [ew // 2, ew - ew // 2], [0, 0]])
-    ones = ops.ones((kh, kw, x.shape[-1], 1), "float32")
-    return ops.conv(
-        x, ones, strides=layer.strides, padding="valid", dilation_rate=layer.dilation_rate
-    )
+    geometry = dataclasses.replace(_geometry(layer), groups=1)
+    ones = ops.ones((*layer.kernel_size, x.shape[-1], 1), "float32")
+    return operators.apply_operator(ones, x, geometry)
 
 
 # ------------------------------------------------------------- the data
@@ -388,13 +393,10 @@ def _check_model(model):
             f"{model.name!r} has {len(model.inputs)} and {len(model.outputs)}."
         )
     if not any(isinstance(layer, KERNEL_LAYERS) for layer in binding.walk_layers(model)):
-        raise ValueError(f"model {model.name!r} has no Dense or Conv2D layer to measure.")
-    for layer in binding.walk_layers(model):
-        if isinstance(layer, keras.layers.Conv2D) and layer.groups != 1:
-            raise ValueError(
-                f"layer {layer.name!r} is a grouped convolution (groups={layer.groups}), "
-                "which is not measured yet."
-            )
+        raise ValueError(
+            f"model {model.name!r} has no Dense or Conv2D layer (nor another convolution) "
+            "to measure."
+        )
 
 
 def measure(
@@ -409,9 +411,11 @@ def measure(
     """The capacity record of a trained ``Sequential`` or functional model.
 
     Args:
-        model: the trained model; its kernels in ``Dense``/``Conv2D`` layers
-            (any padding, strides, dilation; ``groups=1``), with or without
-            :class:`~keras_capacity.LipDist`. Its output are the class scores.
+        model: the trained model; its kernels in ``Dense`` layers and
+            Keras's convolutions (1-D, 2-D, 3-D, grouped, depthwise,
+            separable, transposed; any padding, strides, dilation), with or
+            without :class:`~keras_capacity.LipDist`. Its output are the
+            class scores.
         train: the training data, as the model sees it: ``(x, y)`` arrays
             (integer labels) or a ``tf.data.Dataset`` of ``(x, y)`` batches.
         test: the test data, the same way (optional: test accuracy and
@@ -478,10 +482,10 @@ def _kernel_terms(model, chain, initial_layers):
     for layer in binding.walk_layers(model):
         if not isinstance(layer, KERNEL_LAYERS):
             continue
-        kernel, initial = _numpy(layer.kernel), _initial_kernel(layer, initial_layers)
+        kernel, initial = linear_layers.map_kernel(layer), _initial_kernel(layer, initial_layers)
         distance = None
         if initial is not None:
-            distance = float(np.linalg.norm(kernel - initial, axis=-2).sum())
+            distance = linear_layers.distance21(kernel, initial, _geometry(layer))
         folded = folded_kernels(layer, kernel, initial, chain, initial_layers)
         terms[layer.name] = _layer_terms(layer, *folded)
         norm = terms[layer.name]["lipschitz"]
@@ -535,6 +539,4 @@ def _error_bounds(quantities, chain):
 def _own_norm(layer, kernel):
     """The Lipschitz constant of the layer's kernel alone (BatchNorm not
     folded in), as :func:`keras_capacity.lipschitz` gives it."""
-    from keras_capacity import exact_norms
-
     return exact_norms.spectral_norm(kernel, _geometry(layer))

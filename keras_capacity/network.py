@@ -18,7 +18,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_capacity import binding, constraints, exact_norms
+from keras_capacity import binding, constraints, exact_norms, linear_layers
 from keras_capacity import layers as capacity_layers
 
 # Largest slope of each activation; softmax's Jacobian has norm <= 1/2, we
@@ -46,12 +46,31 @@ _ONE_LIPSCHITZ = (
     keras.layers.Reshape,
     keras.layers.Permute,
     keras.layers.Dropout,
+    keras.layers.SpatialDropout1D,
     keras.layers.SpatialDropout2D,
+    keras.layers.SpatialDropout3D,
     keras.layers.GaussianNoise,
+    keras.layers.ZeroPadding1D,
     keras.layers.ZeroPadding2D,
+    keras.layers.ZeroPadding3D,
+    keras.layers.Cropping1D,
     keras.layers.Cropping2D,
+    keras.layers.Cropping3D,
     keras.layers.Identity,
+    keras.layers.GlobalMaxPooling1D,
     keras.layers.GlobalMaxPooling2D,
+    keras.layers.GlobalMaxPooling3D,
+)
+_MAX_POOLS = (keras.layers.MaxPooling1D, keras.layers.MaxPooling2D, keras.layers.MaxPooling3D)
+_AVERAGE_POOLS = (
+    keras.layers.AveragePooling1D,
+    keras.layers.AveragePooling2D,
+    keras.layers.AveragePooling3D,
+)
+_GLOBAL_AVERAGE_POOLS = (
+    keras.layers.GlobalAveragePooling1D,
+    keras.layers.GlobalAveragePooling2D,
+    keras.layers.GlobalAveragePooling3D,
 )
 
 
@@ -84,7 +103,8 @@ def _pool_lipschitz(layer, input_shape, average):
     if layer.data_format != "channels_last":
         raise ValueError(f"{layer.name!r}: only channels_last pooling is supported.")
     worst = 1.0
-    for size, pool, stride in zip(input_shape[1:3], layer.pool_size, layer.strides, strict=True):
+    sizes = input_shape[1 : 1 + len(layer.pool_size)]
+    for size, pool, stride in zip(sizes, layer.pool_size, layer.strides, strict=True):
         start, stop = _windows(size, pool, stride, layer.padding)
         weights = 1.0 / np.maximum(stop - start, 1) if average else np.ones(len(start))
         column = [weights[(start <= j) & (j < stop)].sum() for j in range(size)]
@@ -95,8 +115,9 @@ def _pool_lipschitz(layer, input_shape, average):
 def _preprocessing_lipschitz(layer):
     """``Rescaling``: the largest ``|scale|``. ``Normalization``: ``1 /``
     the smallest ``max(sqrt(variance), eps)`` (its divisor), or the largest
-    when it inverts. Nearest ``UpSampling2D``: ``sqrt(s_h s_w)``, the number
-    of copies of each pixel. ``None`` for any other layer."""
+    when it inverts. Nearest ``UpSampling1D``/``2D``/``3D``: the root of
+    the number of copies of each pixel (``sqrt(s_h s_w)`` in 2-D).
+    ``None`` for any other layer."""
     if isinstance(layer, keras.layers.Rescaling):
         return float(np.max(np.abs(np.asarray(layer.scale, np.float64))))
     if isinstance(layer, keras.layers.Normalization):
@@ -112,6 +133,8 @@ def _preprocessing_lipschitz(layer):
                 f"interpolation={layer.interpolation!r}); nearest is supported."
             )
         return math.sqrt(layer.size[0] * layer.size[1])
+    if isinstance(layer, (keras.layers.UpSampling1D, keras.layers.UpSampling3D)):
+        return math.sqrt(math.prod(np.atleast_1d(layer.size)))  # always nearest
     return None
 
 
@@ -124,9 +147,9 @@ def batch_norm_lipschitz(layer):
 
 
 def _kernel_lipschitz(layer, input_shape):
-    """The spectral norm of a Dense or Conv2D kernel's map (bias ignored)."""
+    """The spectral norm of a linear layer's map (bias ignored)."""
     geometry = binding.operator_geometry(layer, input_shape)
-    return exact_norms.spectral_norm(ops.convert_to_numpy(layer.kernel), geometry)
+    return exact_norms.spectral_norm(linear_layers.map_kernel(layer), geometry)
 
 
 def _measured_kernel_norm(layer, input_shape, kernel_norms):
@@ -151,7 +174,7 @@ def layer_lipschitz(layer, input_shape, kernel_norms=None):
         return float(layer.lipschitz_constant)
     if isinstance(layer, keras.Model):
         return network_lipschitz(layer, kernel_norms)
-    if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D)):
+    if linear_layers.is_linear(layer):
         own = activation_lipschitz(layer.activation, repr(layer.name))
         return _measured_kernel_norm(layer, input_shape, kernel_norms) * own
     if isinstance(layer, keras.layers.BatchNormalization):
@@ -169,13 +192,13 @@ def layer_lipschitz(layer, input_shape, kernel_norms=None):
     preprocessing = _preprocessing_lipschitz(layer)
     if preprocessing is not None:
         return preprocessing
-    if isinstance(layer, keras.layers.MaxPooling2D):
+    if isinstance(layer, _MAX_POOLS):
         return _pool_lipschitz(layer, input_shape, average=False)
-    if isinstance(layer, keras.layers.AveragePooling2D):
+    if isinstance(layer, _AVERAGE_POOLS):
         return _pool_lipschitz(layer, input_shape, average=True)
-    if isinstance(layer, keras.layers.GlobalAveragePooling2D):
-        axes = input_shape[1:3] if layer.data_format == "channels_last" else input_shape[2:4]
-        return 1.0 / math.sqrt(axes[0] * axes[1])
+    if isinstance(layer, _GLOBAL_AVERAGE_POOLS):
+        axes = input_shape[1:-1] if layer.data_format == "channels_last" else input_shape[2:]
+        return 1.0 / math.sqrt(math.prod(axes))
     raise ValueError(
         f"No known Lipschitz constant for layer {layer.name!r} "
         f"({type(layer).__name__}); give it a `lipschitz_constant` attribute."
@@ -250,6 +273,8 @@ def network_lipschitz(model: keras.Model, kernel_norms: dict | None = None) -> f
 
 
 def _input_size(layer, constraint):
+    """The spatial size a convolution acts on (``H x W``, ``T``, ...), or a
+    dense map's input width."""
     if constraint is not None and constraint.geometry is not None:
         geometry = constraint.geometry
         if geometry.input_size:
@@ -258,6 +283,9 @@ def _input_size(layer, constraint):
     shape = build["input_shape"] if build else None
     if not shape:
         return "?"
+    if linear_layers.is_linear(layer) and not isinstance(layer, keras.layers.Dense):
+        shape = binding.operator_geometry(layer, shape).input_size
+        return "x".join(str(d) for d in shape)
     return "x".join(str(d) for d in (shape[1:3] if len(shape) == 4 else shape[-1:]))
 
 
@@ -329,8 +357,7 @@ def layer_row(layer, lipschitz=None):
 
 
 MEASURED_LAYERS = (
-    keras.layers.Dense,
-    keras.layers.Conv2D,
+    *linear_layers.LINEAR_LAYERS,
     keras.layers.BatchNormalization,
     capacity_layers.PoolingShortcut,
 )

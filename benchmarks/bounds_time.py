@@ -77,7 +77,7 @@ def main():
     )
     print(
         f"network Lipschitz bound {record.network_lipschitz:.4g}; train accuracy "
-        f"{record.train_accuracy:.3f}; bounds apply: {record.chain_reason is None}"
+        f"{record.train_accuracy:.3f}; bounds apply: {record.bounds_reason is None}"
     )
     for name, bound in record.test_error_bounds.items():
         if bound is not None:

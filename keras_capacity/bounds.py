@@ -693,5 +693,5 @@ def measure_quantities(
     train = data if labels is None else (np.asarray(data), np.asarray(labels))
     record = measurement.measure(model, train, num_classes=num_classes, batch_size=batch_size)
     if record.quantities is None:
-        raise NotApplicable(f"the bounds do not apply to {model.name!r}: {record.chain_reason}.")
+        raise NotApplicable(f"the bounds do not apply to {model.name!r}: {record.bounds_reason}.")
     return record.quantities

@@ -260,8 +260,9 @@ class CapacityRecord:
     ``layers``: one dict per kernel, BatchNorm and shortcut layer (as
     :func:`keras_capacity.layer_table`, with ``distance`` ``None`` where
     unknown and ``folded``, the BatchNorm folded into a kernel);
-    ``network_lipschitz``; ``chain_reason`` (why the twelve bounds do not
-    apply, or ``None``); ``quantities`` (a :class:`bounds.Quantities`, or
+    ``network_lipschitz``; ``bounds_reason`` (why none of the twelve bounds
+    apply: the model is not a chain, or its training inputs are all zero;
+    ``None`` when they apply); ``quantities`` (a :class:`bounds.Quantities`, or
     ``None`` when they do not apply); ``test_error_bounds`` (``{name:
     ErrorBound or None}``); ``not_applicable`` (``{bound name: reason}``);
     ``train_margins``, ``test_margins`` (float64 arrays; the latter empty
@@ -273,7 +274,7 @@ class CapacityRecord:
 
     layers: list
     network_lipschitz: float
-    chain_reason: str | None
+    bounds_reason: str | None
     quantities: bounds.Quantities | None
     test_error_bounds: dict
     not_applicable: dict
@@ -312,8 +313,8 @@ class CapacityRecord:
         return {
             "layers": [{k: _json(v) for k, v in row.items()} for row in self.layers],
             "network_lipschitz": _json(self.network_lipschitz),
-            "bounds_apply": self.chain_reason is None,
-            "chain_reason": self.chain_reason,
+            "bounds_apply": self.bounds_reason is None,
+            "bounds_reason": self.bounds_reason,
             "test_error_bounds": self.test_error_bounds_json(),
             "not_applicable": dict(self.not_applicable),
             "quantities": None
@@ -450,8 +451,13 @@ def measure(
         test_margins = np.concatenate(
             _stream(model, [], test, num_classes, batch_size, "test data", []).margins
         )
-    quantities = _quantities(chain, terms, found, num_classes, train_margins) if applies else None
-    test_error, not_applicable = _error_bounds(quantities, chain)
+    reason = f"not a chain of convolutions: {chain.reason}" if not applies else None
+    if applies and found.square_sum == 0:
+        reason = "the training inputs are all zero (||X|| = 0), so the bounds say nothing"
+    quantities = None
+    if reason is None:
+        quantities = _quantities(chain, terms, found, num_classes, train_margins)
+    test_error, not_applicable = _error_bounds(quantities, reason)
     rows = [
         _row(layer, chain, own)
         for layer in binding.walk_layers(model)
@@ -460,7 +466,7 @@ def measure(
     return CapacityRecord(
         layers=rows,
         network_lipschitz=lipschitz,
-        chain_reason=chain.reason,
+        bounds_reason=reason,
         quantities=quantities,
         test_error_bounds=test_error,
         not_applicable=not_applicable,
@@ -521,13 +527,14 @@ def _quantities(chain, terms, found, num_classes, train_margins):
     )
 
 
-def _error_bounds(quantities, chain):
-    """``({name: ErrorBound or None}, {name: why not applicable})``."""
+def _error_bounds(quantities, reason):
+    """``({name: ErrorBound or None}, {name: why not applicable})``; without
+    ``quantities`` every bound is not applicable, for ``reason``."""
     test_error, not_applicable = {}, {}
     for name in bounds.BOUNDS:
         test_error[name] = None
         if quantities is None:
-            not_applicable[name] = f"not a chain of convolutions: {chain.reason}"
+            not_applicable[name] = reason
             continue
         try:
             test_error[name] = bounds.error_bound(quantities, name)

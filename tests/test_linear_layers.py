@@ -294,7 +294,7 @@ def test_measure_a_chain_of_depthwise_separable_and_grouped_layers():
     record = kc.measure(model, (x, y), init=init)
     rows = check_layers(model, init, record)
     assert {rows[n]["kind"] for n in rows} >= {"DepthwiseConv2D", "SeparableConv2D", "Conv2D"}
-    assert record.chain_reason is None
+    assert record.bounds_reason is None
     q = record.quantities
     kernels = [model.get_layer(n) for n in ("dw", "sep", "grouped", "fc")]
     plain = [plain_equivalents(k, k.get_weights()) for k in kernels]
@@ -333,7 +333,7 @@ def test_measure_a_sequence_model_marks_the_bounds_not_applicable():
     x, y = data((16, 3))
     record = kc.measure(model, (x, y), init=init)
     check_layers(model, init, record)
-    assert "'causal'" in record.chain_reason and "1-D convolution" in record.chain_reason
+    assert "'causal'" in record.bounds_reason and "1-D convolution" in record.bounds_reason
     assert record.quantities is None
     assert set(record.not_applicable) == set(bounds.BOUNDS)
     gain = worst_case_gain(lambda t: model(t), (16, 3), steps=200)
@@ -354,7 +354,7 @@ def test_a_transposed_convolution_is_measured_over_its_last_kernel_axis():
     expected = group21(np.asarray(kernel, np.float64), np.asarray(initial, np.float64), axis=-1)
     assert row["distance"] == pytest.approx(expected, rel=1e-9)
     assert row["lipschitz"] == pytest.approx(dense_norm(model.get_layer("up"), (4, 3, 2)), rel=1e-6)
-    assert "transposed convolution" in record.chain_reason
+    assert "transposed convolution" in record.bounds_reason
 
 
 def test_batch_norm_before_a_depthwise_layer_is_folded_into_its_channels():
@@ -367,7 +367,7 @@ def test_batch_norm_before_a_depthwise_layer_is_folded_into_its_channels():
     bn.gamma.assign(np.array([0.5, 2.0, 1.5], np.float32))
     bn.moving_variance.assign(np.array([4.0, 0.25, 1.0], np.float32))
     record = kc.measure(model, data((6, 6, 3)))
-    assert record.chain_reason is None
+    assert record.bounds_reason is None
     assert {row["name"]: row for row in record.layers}["dw"]["folded"] == "bn"
     matrix = operator_matrix(lambda t: dw(bn(t, training=False)), (6, 6, 3))
     expected = np.linalg.svd(matrix, compute_uv=False)[0]

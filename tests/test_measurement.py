@@ -92,7 +92,7 @@ def test_batch_norm_is_folded_into_the_kernel_before_it(trained):
     themselves); b_1 is the distance of the folded kernels."""
     model, init_model, record, _, _ = trained
     conv, bn = model.get_layer("c1"), model.get_layer("bn1")
-    assert record.chain_reason is None
+    assert record.bounds_reason is None
     assert rows_by_name(record)["c1"]["folded"] == "bn1"
     assert rows_by_name(record)["bn1"]["folded"] == "into c1"
     matrix = operator_matrix(lambda t: bn(conv(t), training=False), SHAPE)
@@ -225,7 +225,8 @@ def test_a_residual_network_gets_no_chain_bound_but_its_lipschitz_bound():
     model = residual_model()
     x = np.random.default_rng(0).standard_normal((16, 6, 6, 2)).astype(np.float32)
     record = kc.measure(model, (x, np.zeros(16, int)), init=model)
-    assert "'skip'" in record.chain_reason and "not a chain" in record.chain_reason
+    assert "'skip'" in record.bounds_reason and "not a chain" in record.bounds_reason
+    assert record.not_applicable["lin"] == record.bounds_reason
     assert record.quantities is None
     assert set(record.not_applicable) == set(bounds.BOUNDS)
     assert all(bound is None for bound in record.test_error_bounds.values())
@@ -236,7 +237,7 @@ def test_a_residual_network_gets_no_chain_bound_but_its_lipschitz_bound():
 
 def test_an_overlapping_pool_between_kernels_is_named():
     record = kc.measure(pooled_model(), (np.ones((4, 8, 8, 2), np.float32), np.zeros(4, int)))
-    assert "'pool'" in record.chain_reason and "> 1" in record.chain_reason
+    assert "'pool'" in record.bounds_reason and "> 1" in record.bounds_reason
 
 
 def test_batch_norm_before_a_kernel_is_folded_into_its_input_channels():
@@ -247,7 +248,7 @@ def test_batch_norm_before_a_kernel_is_folded_into_its_input_channels():
     bn.moving_variance.assign(np.array([4.0, 0.25, 1.0], np.float32))
     x = np.random.default_rng(0).standard_normal((16, 6, 6, 2)).astype(np.float32)
     record = kc.measure(model, (x, np.zeros(16, int)))
-    assert record.chain_reason is None
+    assert record.bounds_reason is None
     assert rows_by_name(record)["c2"]["folded"] == "bn"
     conv = model.get_layer("c2")
     matrix = operator_matrix(lambda t: conv(bn(t, training=False)), (6, 6, 3))
@@ -273,11 +274,14 @@ def test_bad_data_is_one_clear_error(trained):
         kc.measure(model, (x, y + 5))
     with pytest.raises(ValueError, match="no Dense or Conv2D"):
         kc.measure(keras.Sequential([keras.Input((4,)), keras.layers.ReLU()]), (x, y))
-    grouped = keras.Sequential(
-        [keras.Input((6, 6, 4)), keras.layers.Conv2D(4, 3, groups=2), keras.layers.Flatten()]
-    )
-    with pytest.raises(ValueError, match="grouped convolution"):
-        kc.measure(grouped, (np.zeros((2, 6, 6, 4), np.float32), np.zeros(2, int)))
+
+
+def test_all_zero_training_inputs_make_the_bounds_not_applicable(trained):
+    model, *_ = trained
+    zeros = np.zeros((4, *SHAPE), np.float32)
+    record = kc.measure(model, (zeros, np.zeros(4, int)))
+    assert "all zero" in record.bounds_reason and record.quantities is None
+    assert set(record.not_applicable) == set(bounds.BOUNDS)
 
 
 def test_a_tf_data_pipeline_gives_the_same_record(trained):

@@ -270,8 +270,8 @@ def _error_table(record):
     lines = ["## What the bounds say about the test error", ""]
     if q is None:
         return lines + [
-            f"**Not applicable**: the twelve bounds are stated for chains of convolutions, and "
-            f"this model is not one: {record.chain_reason}. The network Lipschitz bound, the "
+            f"**Not applicable**: {record.bounds_reason}. The twelve bounds are stated for "
+            "chains of convolutions on data that is not all zero; the network Lipschitz bound, the "
             "layer table and certified robustness below hold for any graph.",
             "",
         ]

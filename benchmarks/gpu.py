@@ -7,10 +7,20 @@ TensorFlow).
 1. Step time of ``preact_resnet18`` (the paper's network) on random
    CIFAR-shaped data: unconstrained, and at the reference's settings
    (lip 2.0,0.8,1.4,1.0, dist 90,90,90,0, proj_freq 15) with the
-   orthogonal and the radial projection. The three take turns for
-   ``--rounds`` rounds of ``--steps`` steps (projections at steps 15 and
-   30); a step's time is a whole ``fit`` call's over its steps (JAX
-   dispatches asynchronously: per-step callbacks would time the dispatch).
+   orthogonal and the radial projection. After one ``fit`` call each of
+   tracing (which also brings the step counters to a period's start), the
+   three take turns for ``--rounds`` rounds of ``--steps`` steps
+   (projections at steps 15 and 30), and every step is timed on its own
+   (``step_timer.StepTimer``): a callback with its own ``on_train_batch_end``
+   turns off Keras's asynchronous callback dispatch, and Keras converts the
+   step's logs to Python numbers before calling it, which waits for the
+   step's compiled computation to finish (its outputs are ready together),
+   so a step's time is its dispatch and its work, and the fixed cost of a
+   ``fit`` call (building the epoch iterator, the callbacks, syncing the
+   state back) is left out. Printed: the mean step (projecting steps
+   included) and its ratio, paired by round as the median with the
+   smallest and largest, and the share of each ``fit`` call's wall time
+   that its timed steps cover (near 1: no step's work escaped its timer).
    Targets: constrained >= 0.95x unconstrained.
 2. One orthogonal projection (both constraints, one Dykstra round, the
    feasibility step), compiled, of a 64->64 3x3 circular convolution on
@@ -31,6 +41,7 @@ import jax
 import keras
 import numpy as np
 from paper_resnet import compiled_resnet  # benchmarks/, the script's folder
+from step_timer import StepTimer
 
 import keras_capacity as kc
 from keras_capacity import orthogonal
@@ -56,18 +67,30 @@ def training_ratios(batch, steps, rounds):
     }
     for model in runs.values():  # compiling, and the step counters to a period's start
         model.fit(x, y, batch_size=batch, epochs=1, verbose=0)
-    seconds = {name: [] for name in runs}
+    means = {name: [] for name in runs}
+    covered = {name: [] for name in runs}
     for turn in range(rounds):
         for name in list(runs) if turn % 2 == 0 else list(reversed(runs)):
+            timer = StepTimer()
             start = time.perf_counter()
-            runs[name].fit(x, y, batch_size=batch, epochs=1, verbose=0)
-            seconds[name].append((time.perf_counter() - start) / steps)
-    step = {name: float(np.mean(times)) for name, times in seconds.items()}
-    print(f"preact_resnet18, batch {batch}, reference settings, proj_freq 15:")
-    for name, value in step.items():
+            runs[name].fit(x, y, batch_size=batch, epochs=1, verbose=0, callbacks=[timer])
+            wall = time.perf_counter() - start
+            means[name].append(float(np.mean(timer.times)))
+            covered[name].append(sum(timer.times) / wall)
+    base = np.array(means["unconstrained"])
+    print(
+        f"preact_resnet18, batch {batch}, reference settings, proj_freq 15 "
+        f"({rounds} rounds of {steps} timed steps each, after one call of tracing):"
+    )
+    for name, values in means.items():
+        values = np.array(values)
+        paired = base / values
         print(
-            f"  {name:14s} {1000 * value:8.2f} ms/step  {batch / value:8.0f} images/s  "
-            f"ratio {step['unconstrained'] / value:.3f}"
+            f"  {name:14s} {1000 * values.mean():8.2f} ms/step  "
+            f"{batch / values.mean():8.0f} images/s  ratio {base.mean() / values.mean():.3f}, "
+            f"paired by round {np.median(paired):.3f} ({paired.min():.3f} .. {paired.max():.3f}); "
+            f"timed steps cover {100 * min(covered[name]):.0f}-{100 * max(covered[name]):.0f}% "
+            "of each fit call"
         )
 
 

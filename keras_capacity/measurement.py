@@ -171,6 +171,22 @@ def _patch_norm_squares(layer, inputs):
     return operators.apply_operator(ones, x, geometry)
 
 
+class _LargestPatchNorm(keras.layers.Layer):
+    """Per example, the largest squared patch norm ``layer`` sees: computed
+    inside the compiled probe, so only one number per example leaves it."""
+
+    def __init__(self, layer, **kwargs):
+        super().__init__(**kwargs)
+        self.measured = layer
+
+    def call(self, inputs):
+        squares = _patch_norm_squares(self.measured, inputs)
+        return ops.max(ops.reshape(squares, (ops.shape(squares)[0], -1)), axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0],)
+
+
 # ------------------------------------------------------------- the data
 
 
@@ -221,19 +237,20 @@ class _Pass:
 
 def _stream(model, chain_inputs, data, num_classes, batch_size, what, layers):
     """Margins and (for ``chain_inputs``) the data and patch terms, in
-    one forward pass per batch."""
-    probes = keras.Model(model.inputs[0], [*chain_inputs, model.outputs[0]])
+    one compiled forward pass per batch."""
+    patches = [_LargestPatchNorm(layer)(x) for layer, x in zip(layers, chain_inputs, strict=True)]
+    probes = keras.Model(model.inputs[0], [*chain_inputs[:1], *patches, model.outputs[0]])
     found = _Pass(patch=np.zeros(len(layers)))
     for inputs, labels in batches(data, batch_size):
         inputs = np.asarray(inputs)
         _check_batch(model, inputs, labels, num_classes, what)
         outputs = probes.predict_on_batch(inputs.astype(np.float32))  # compiled, inference
-        *activations, scores = outputs if chain_inputs else [outputs]
+        *measured, scores = outputs if chain_inputs else [outputs]
         found.margins.append(network.margins_of_scores(scores, labels))
         found.n += len(inputs)
         if not layers:
             continue
-        first = np.asarray(ops.convert_to_numpy(activations[0]), np.float64)
+        first = np.asarray(measured[0], np.float64)
         flat = first.reshape(len(first), -1)
         found.square_sum += float(np.sum(flat**2))
         found.max_abs = max(found.max_abs, float(np.abs(flat).max()))
@@ -241,10 +258,8 @@ def _stream(model, chain_inputs, data, num_classes, batch_size, what, layers):
         found.coordinate_squares = (
             squares if found.coordinate_squares is None else found.coordinate_squares + squares
         )
-        for i, (layer, activation) in enumerate(zip(layers, activations, strict=True)):
-            found.patch[i] = max(
-                found.patch[i], float(ops.max(_patch_norm_squares(layer, activation)))
-            )
+        largest = np.asarray([np.max(values) for values in measured[1:]], np.float64)
+        found.patch = np.maximum(found.patch, largest)
     if found.n == 0:
         raise ValueError(f"{what}: the data is empty.")
     return found

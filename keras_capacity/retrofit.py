@@ -111,7 +111,7 @@ def constrain(
                 replaced.append(layer.name)
             config["kernel_constraint"] = LipDist(**settings)
         elif layer.trainable_weights and not isinstance(layer, keras.Model):
-            left_out.append(f"{layer.name} ({type(layer).__name__})")
+            left_out.append(layer)
         return type(layer).from_config(config)
 
     copy = keras.models.clone_model(model, clone_function=clone, recursive=True)
@@ -119,10 +119,41 @@ def constrain(
     if replaced:
         warnings.warn(f"constrain: replaced the kernel constraints of {replaced}.", stacklevel=2)
     if left_out:
-        warnings.warn(
-            "constrain: these layers have trainable weights and stay "
-            f"unconstrained: {', '.join(left_out)}.",
-            stacklevel=2,
-        )
+        warnings.warn(f"constrain: {_summary(left_out)}", stacklevel=2)
     binding.bind(copy)
     return copy
+
+
+def unconstrained_layers(model: keras.Model) -> list[str]:
+    """The names of the layers of ``model`` with trainable weights and no
+    ``LipDist`` (what :func:`constrain`'s warning counts), in order."""
+    constrained = {id(layer) for layer, _ in binding.constrained_layers(model)}
+    return [
+        layer.name
+        for layer in binding.walk_layers(model)
+        if layer.trainable_weights
+        and not isinstance(layer, keras.Model)
+        and id(layer) not in constrained
+        and not hasattr(layer, "lipschitz_constant")
+    ]
+
+
+def _summary(layers, shown=3):
+    """One short line: how many layers of each type stay unconstrained, the
+    first few names of each, and how to list them all."""
+    by_type = {}
+    for layer in layers:
+        by_type.setdefault(type(layer).__name__, []).append(layer.name)
+    parts = []
+    for kind, names in by_type.items():
+        first = ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
+        parts.append(f"{len(names)} {kind} ({first})")
+    count = (
+        f"{len(layers)} layers with trainable weights stay"
+        if len(layers) > 1
+        else ("1 layer with trainable weights stays")
+    )
+    return (
+        f"{count} unconstrained: {'; '.join(parts)}. "
+        "keras_capacity.retrofit.unconstrained_layers(model) lists them all."
+    )

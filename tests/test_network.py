@@ -197,7 +197,9 @@ def functional_model():
 
 def test_constrain_a_functional_model():
     original = functional_model()
-    with pytest.warns(UserWarning, match=r"norm \(BatchNormalization\)"):
+    with pytest.warns(
+        UserWarning, match=r"^constrain: 1 layer .* 1 BatchNormalization \(norm\)\. "
+    ):
         model = kc.constrain(
             original,
             lip=50.0,
@@ -213,10 +215,29 @@ def test_constrain_a_functional_model():
     # The bounds are loose, so the copy computes what the original does.
     np.testing.assert_allclose(model(x), original(x), rtol=1e-5, atol=1e-5)
     assert not original.get_layer("head").kernel_constraint
+    assert kc.retrofit.unconstrained_layers(model) == ["norm"]
     model.compile("adam", "mse")
     model.fit(x, np.random.randn(8, 4), epochs=3, verbose=0)
     assert all(r["holds"] for r in network.layer_table(model))
     assert kc.distance(model.get_layer("head")) > 0
+
+
+def test_the_warning_is_one_short_line_however_many_layers_stay():
+    inputs = keras.Input((6, 6, 2))
+    x = inputs
+    for i in range(5):
+        x = keras.layers.BatchNormalization(name=f"bn{i}")(x)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", name="depthwise")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(keras.layers.Flatten()(x)))
+    with pytest.warns(UserWarning) as caught:
+        copy = kc.constrain(model, lip=2.0)
+    (message,) = [str(w.message) for w in caught if w.category is UserWarning]
+    assert message == (
+        "constrain: 6 layers with trainable weights stay unconstrained: "
+        "5 BatchNormalization (bn0, bn1, bn2, ...); 1 DepthwiseConv2D (depthwise). "
+        "keras_capacity.retrofit.unconstrained_layers(model) lists them all."
+    )
+    assert kc.retrofit.unconstrained_layers(copy) == [*(f"bn{i}" for i in range(5)), "depthwise"]
 
 
 def test_constrain_scales_down_and_refuses_bad_input():

@@ -32,6 +32,7 @@ Matplotlib is imported here only, never by the library.
 """
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -162,10 +163,17 @@ def line_style(name, index):
 
 
 def _save(figure, path):
-    """Saves a figure whole or not at all: a temporary name, then a rename."""
-    temporary = f"{path}.tmp"
-    figure.savefig(temporary, dpi=100, format="png")
-    os.replace(temporary, path)
+    """Saves a figure whole or not at all: a temporary name, then a rename;
+    an error on the way removes the temporary file (a killed process leaves
+    it, named ``<path>.partial<pid>``, which no viewer takes for a PNG)."""
+    temporary = f"{path}.partial{os.getpid()}"
+    try:
+        figure.savefig(temporary, dpi=100, format="png")
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise
 
 
 def _constraints_figure(plt, out_dir, rows):

@@ -17,6 +17,7 @@ differences listed. Damaged files end in one :class:`RunError` line that
 names the file and says what to do.
 """
 
+import contextlib
 import json
 import os
 import time
@@ -37,11 +38,19 @@ class RunError(RuntimeError):
 
 
 def write_atomic(path, text):
-    """Writes ``text`` to ``path`` through a temporary file and a rename."""
+    """Writes ``text`` to ``path`` through a temporary file and a rename, so
+    ``path`` holds the old text or the new, whole; an error on the way
+    removes the temporary file (a killed process leaves it, named
+    ``<path>.partial<pid>``, which no reader takes for the result)."""
     temporary = f"{path}.partial{os.getpid()}"
-    with open(temporary, "w") as f:
-        f.write(text)
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "w") as f:
+            f.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise
 
 
 def write_json(path, value):

@@ -2,12 +2,13 @@
 # on TensorFlow, then its JAX part (`make test-jax`).
 # `make demo`: set up and run the main job on the bundled offline data.
 # `make lint`: ruff's linter and formatter check (configured in pyproject.toml).
-# `make sweep`: measure excess capacity on the bundled data (a constraint sweep).
+# `make sweep`: measure excess capacity on the bundled data by bisection (a search);
+# `make sweep-grid`: the same measured with a grid (every point trained).
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-jax lint demo sweep benchmark clean
+.PHONY: test test-jax lint demo sweep sweep-grid benchmark clean
 
 $(PYTHON):
 	python3 -m venv $(VENV)
@@ -38,6 +39,9 @@ demo: $(STAMP)
 	$(PYTHON) train_main.py --flagfile=examples/demo.flags
 
 sweep: $(STAMP)
+	$(PYTHON) -m keras_capacity.sweep --flagfile=examples/sweep_bisect.flags --workdir=runs/sweep_bisect
+
+sweep-grid: $(STAMP)
 	$(PYTHON) -m keras_capacity.sweep --flagfile=examples/sweep_demo.flags --workdir=runs/sweep_demo
 
 benchmark: $(STAMP)

@@ -250,7 +250,7 @@ def test_a_larger_bound_is_said_in_words_and_no_number_is_negative_zero(tmp_path
     for said in (text, line):  # no "-0", "-0%" or "-5%" anywhere
         assert not re.search(r"(^|[^\w.])-\d+(\.\d+)?%|(^|[\s(|])-0([\s)|%]|$)", said)
     assert results.change(-0.004) == "0% removed" and results.change(0.16) == "16% removed"
-    assert results._number(-0.0) == "0" and results._number(-1e-9, 3) == "-1e-09"
+    assert results.number(-0.0) == "0" and results.number(-1e-9, 3) == "-1e-09"
 
 
 def test_the_chance_level_of_the_trials_own_summaries_is_preferred():

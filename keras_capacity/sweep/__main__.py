@@ -1,7 +1,9 @@
 """The sweep command: ``python -m keras_capacity.sweep`` / ``keras-capacity-sweep``.
 
 The base flags are those of ``train_main.py`` (a flag file works as there);
-the sweep adds ``--grid`` (repeatable), ``--seeds``, ``--tolerance`` and
+the sweep adds ``--grid`` (repeatable), ``--search`` and ``--resolution``
+(a bisection or a frontier instead of the whole grid,
+:mod:`keras_capacity.sweep.search`), ``--seeds``, ``--tolerance`` and
 ``--workdir``. The work directory keeps ``sweep.flags``, the sweep's
 definition: the same directory with another definition is refused with the
 differences listed, and the same command run again finishes what is left.
@@ -28,6 +30,24 @@ def define_flags(flag_values=flags.FLAGS):
         "entries of that kind.",
         flag_values=flag_values,
     )
+    flags.DEFINE_enum(
+        "search",
+        "grid",
+        ["grid", "bisect", "frontier"],
+        "grid: train every point of the --grid axes. bisect: one axis given as a bracket "
+        "NAME:LOOSE,TIGHT; train the baseline and both ends, then bisect on a log scale until "
+        "the tightest value within the tolerance and the loosest over it are less than a "
+        "factor --resolution apart (with k workers, k values per round). frontier: two axes, "
+        "the rows NAME:V1,V2,... and a bracket NAME:LOOSE,TIGHT bisected for each row.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_float(
+        "resolution",
+        None,
+        "--search=bisect/frontier: the factor (> 1) between the tightest value within the "
+        "tolerance and the loosest over it at which the search stops; default 1.25.",
+        flag_values=flag_values,
+    )
     flags.DEFINE_integer(
         "seeds", 1, "Seeds per grid point (--seed, --seed + 1, ...).", flag_values=flag_values
     )
@@ -41,15 +61,22 @@ def define_flags(flag_values=flags.FLAGS):
     flags.DEFINE_string("workdir", None, "The sweep's work directory.", flag_values=flag_values)
 
 
-def definition(config, grid_specs, seeds):
-    """What defines a sweep: the base flags, the grid and the seeds (the
-    tolerance only changes the analysis)."""
-    return {"base": config.flag_values(), "grid": list(grid_specs), "seeds": seeds}
+def definition(config, grid_specs, seeds, search=None):
+    """What defines a sweep: the base flags, the grid and the seeds, and a
+    search with its resolution (they decide which trials there can be; the
+    tolerance only changes the analysis, and a search's next choices, which
+    read the finished trials afresh each time)."""
+    values = {"base": config.flag_values(), "grid": list(grid_specs), "seeds": seeds}
+    if search is not None and search.adaptive:
+        values.update(search=search.kind, resolution=search.resolution)
+    return values
 
 
 def definition_text(values):
     lines = [f"--{name}={text}" for name, text in sorted(values["base"].items())]
     lines += [f"--grid={spec}" for spec in values["grid"]] + [f"--seeds={values['seeds']}"]
+    if "search" in values:
+        lines += [f"--search={values['search']}", f"--resolution={values['resolution']!r}"]
     return "\n".join(lines) + "\n"
 
 
@@ -79,6 +106,7 @@ def claim(workdir, values):
 
 def _main(argv):
     from keras_capacity.sweep import engine, grid
+    from keras_capacity.sweep import search as searches
     from keras_capacity.training.cli import fail, quiet_tensorflow
     from keras_capacity.training.config import ConfigError
     from keras_capacity.training.runs import RunError
@@ -97,37 +125,37 @@ def _main(argv):
         if FLAGS.tolerance is not None and not FLAGS.tolerance >= 0:
             raise ConfigError(f"--tolerance must be >= 0, got {FLAGS.tolerance}.")
         config = run_flags.config_from_flags(FLAGS)
-        axes = grid.parse_grid(FLAGS.grid)
-        trials = grid.trials(config, axes, FLAGS.seeds)
-        values = definition(config, FLAGS.grid, FLAGS.seeds)
+        grid.check_seeds(FLAGS.seeds)
+        found = searches.make(config, FLAGS.grid, FLAGS.seeds, FLAGS.search, FLAGS.resolution)
+        values = definition(config, FLAGS.grid, FLAGS.seeds, found)
         claim(FLAGS.workdir, values)
         sweep = engine.Sweep(
             FLAGS.workdir,
             values,
-            axes,
-            trials,
+            found.axes,
+            found.trials,
             FLAGS.tolerance,
             log=lambda line: print(line, flush=True),
+            search=found,
         )
-        print(
-            f"sweep in {FLAGS.workdir}: {len(trials)} trials "
-            f"({len(trials) // FLAGS.seeds - 1} grid points and the baseline, "
-            f"{FLAGS.seeds} seed(s) each)",
-            flush=True,
-        )
+        print(f"sweep in {FLAGS.workdir}: {found.describe()}", flush=True)
         summary = engine.search(sweep)
     except (ConfigError, RunError, grid.GridError) as error:
         fail(error)
     if engine.is_chief():
-        print(describe(summary, axes, FLAGS.workdir), flush=True)
+        print(describe(summary, found.axes, FLAGS.workdir), flush=True)
 
 
 def describe(summary, axes, workdir):
-    """The lines a sweep ends with: one per axis, or the one line that says
-    why there is no estimate at all (and what to change)."""
+    """The lines a sweep ends with: one per axis (per row of a frontier),
+    or the one line that says why there is no estimate at all (and what to
+    change)."""
     from keras_capacity.sweep import results
+    from keras_capacity.sweep import search as searches
 
-    if summary["no_estimate"]:
+    if summary.get("search"):
+        lines = searches.end_lines(summary, axes)
+    elif summary["no_estimate"]:
         lines = [f"no estimate: {summary['no_estimate']}"]
     else:
         lines = [results.axis_line(axis, summary["excess_capacity"][axis.name]) for axis in axes]

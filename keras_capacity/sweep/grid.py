@@ -9,6 +9,11 @@ constraint stay without; a factor ``inf`` removes them). Several axes form
 their product. Every point is trained with ``seeds`` seeds (the base
 ``--seed`` and the next ones), and the unconstrained baseline (the base
 flags with no constraint at all) always belongs to the sweep.
+
+A search (``--search=bisect`` or ``frontier``) gives its searched axis as a
+bracket, ``NAME:LOOSE,TIGHT``, instead: its candidates are the values of
+:func:`log_grid`, log-evenly spaced between the two ends, each less than a
+factor ``--resolution`` from the next (the dense grid a search replaces).
 """
 
 import dataclasses
@@ -22,6 +27,9 @@ KINDS = (constraint_values.LIPSCHITZ, constraint_values.DISTANCE)
 ENTRY_NAMES = tuple(f"{kind}.{entry}" for kind in KINDS for entry in constraint_values.ENTRIES)
 SCALE_NAMES = KINDS
 BASELINE = "baseline"
+# The most values a bracket may hold at its resolution (a finer one is a
+# mistake: the trial names and KerasTuner's search space hold them all).
+MOST_BRACKET_VALUES = 1000
 
 
 class GridError(ValueError):
@@ -100,6 +108,63 @@ def parse_grid(specs):
     return tuple(axes)
 
 
+def parse_bracket(spec, search):
+    """The ``(tight, loose)`` ends of a searched axis ``NAME:LOOSE,TIGHT``
+    (either order) as an :class:`Axis`; a :class:`GridError` when it has
+    another number of values or an end a log scale cannot hold."""
+    axis = parse_axis(spec)
+    if len(axis.values) != 2:
+        raise GridError(
+            f"--grid={spec!r}: --search={search} takes exactly two values, the loose and the "
+            f"tight end of the bracket (e.g. {axis.name}:64,1); got {len(axis.values)}."
+        )
+    for value in axis.values:
+        if not (math.isfinite(value) and value > 0):
+            raise GridError(
+                f"--grid={spec!r}: a bracket end must be finite and > 0 (the search bisects "
+                f"on a log scale); got {axis.label(value)}."
+            )
+    return Axis(axis.name, tuple(sorted(axis.values)))
+
+
+def check_resolution(resolution):
+    """A ``--resolution`` that a search can stop at: a finite ratio > 1."""
+    if not (isinstance(resolution, (int, float)) and math.isfinite(resolution)):
+        raise GridError(f"--resolution must be a finite number > 1, got {resolution!r}.")
+    if resolution <= 1:
+        raise GridError(
+            f"--resolution must be > 1 (the factor between the tightest value within the "
+            f"tolerance and the loosest over it at which the search stops), got {resolution:g}."
+        )
+    return float(resolution)
+
+
+def log_grid(bracket, resolution):
+    """The values a search of ``bracket`` (an :class:`Axis` with its two
+    ends) chooses from: ``tight * (loose / tight) ** (j / n)`` for ``j = 0
+    .. n``, the fewest ``n`` that puts consecutive values less than a
+    factor ``resolution`` apart, each rounded to the fewest significant
+    digits (at least 4) that keep them so (names stay readable). The ends
+    are the given ones, exactly."""
+    tight, loose = bracket.values
+    ratio = loose / tight
+    steps = max(1, math.ceil(math.log(ratio) / math.log(resolution)))
+    while True:
+        if steps + 1 > MOST_BRACKET_VALUES:
+            raise GridError(
+                f"--resolution={resolution:g} is too fine for the bracket {bracket.name}:"
+                f"{bracket.label(loose)},{bracket.label(tight)}: over {MOST_BRACKET_VALUES} "
+                "values; give a larger --resolution or a narrower bracket."
+            )
+        exact = [tight * ratio ** (j / steps) for j in range(steps + 1)]
+        for digits in range(4, 18):
+            values = [tight, *(float(f"{v:.{digits}g}") for v in exact[1:-1]), loose]
+            gaps = [b / a for a, b in zip(values[:-1], values[1:], strict=True)]
+            if all(1 < gap < resolution for gap in gaps):
+                return Axis(bracket.name, tuple(values))
+        steps += 1
+
+
 @dataclasses.dataclass(frozen=True)
 class Trial:
     """One training run of the sweep: a grid point (``None`` for the
@@ -141,11 +206,15 @@ def point_name(axes, values):
     return "_".join(f"{axis.name}={axis.label(v)}" for axis, v in zip(axes, values, strict=True))
 
 
+def check_seeds(seeds):
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise GridError(f"--seeds must be an integer >= 1, got {seeds!r}.")
+
+
 def trials(base, axes, seeds):
     """Every trial of the sweep: the baseline and every grid point, each
     with ``seeds`` seeds (``base.seed``, ``base.seed + 1``, ...)."""
-    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
-        raise GridError(f"--seeds must be an integer >= 1, got {seeds!r}.")
+    check_seeds(seeds)
     unconstrained = base.replace(lip=(math.inf,) * 4, dist=(math.inf,) * 4)
     found = []
     for offset in range(seeds):

@@ -188,12 +188,12 @@ def baseline_problem(baseline_records, chance):
     if not failed:
         return None
     below = (
-        f"chance level {_number(chance['test_error'])} by more than "
-        f"{_number(chance['margin'], 2)} (two standard errors on {chance['num_test']} "
+        f"chance level {number(chance['test_error'])} by more than "
+        f"{number(chance['margin'], 2)} (two standard errors on {chance['num_test']} "
         "test images)"
     )
     if len(failed) == len(done):
-        errors = ", ".join(_number(r["test_error"]) for r in failed)
+        errors = ", ".join(number(r["test_error"]) for r in failed)
         return (
             f"the unconstrained baseline did not learn: its test error {errors} is not "
             f"below {below}; {ADVICE}"
@@ -202,11 +202,10 @@ def baseline_problem(baseline_records, chance):
     return (
         "the seeds disagree on the unconstrained baseline: "
         + ", ".join(
-            f"seed {r['seed']} did not learn (test error {_number(r['test_error'])})"
-            for r in failed
+            f"seed {r['seed']} did not learn (test error {number(r['test_error'])})" for r in failed
         )
         + " while "
-        + ", ".join(f"seed {r['seed']} did ({_number(r['test_error'])})" for r in learners)
+        + ", ".join(f"seed {r['seed']} did ({number(r['test_error'])})" for r in learners)
         + f"; learning means a test error below {below}; {ADVICE}"
     )
 
@@ -220,7 +219,7 @@ def _others(settings, name):
 
 def point_label(settings):
     """How a point reads in ``sweep.md``: ``dist.inner=4, lip=0.5``."""
-    return ", ".join(f"{k}={_number(v)}" for k, v in settings.items()) or "baseline"
+    return ", ".join(f"{k}={number(v)}" for k, v in settings.items()) or "baseline"
 
 
 def axis_estimate(name, found, limit):
@@ -321,11 +320,19 @@ def excess_capacity(axes, found, tolerance, problem=None):
     return estimates
 
 
-def summarize(definition, axes, records, tolerance=None, chance=None):
+def summarize(
+    definition, axes, records, tolerance=None, chance=None, search=None, estimate_axes=None
+):
     """The contents of ``sweep.json``. ``chance``: the test set's chance
     level (:func:`chance_level`); a record's own ``test_class_counts`` (from
     its run's summary) is preferred; without either, whether the networks
-    learned goes unchecked."""
+    learned goes unchecked.
+
+    ``search`` (a :mod:`~keras_capacity.sweep.search` search other than the
+    grid): only points every seed of which finished take part in the
+    estimate (each of the search's decisions uses the seeds' mean), and
+    the search adds its own part (its bracket, or its frontier).
+    ``estimate_axes``: the names to estimate (default: every axis)."""
     counts = next((r["test_class_counts"] for r in records if r.get("test_class_counts")), None)
     if counts is not None:
         chance = chance_level(counts, "the trials' test labels")
@@ -342,7 +349,7 @@ def summarize(definition, axes, records, tolerance=None, chance=None):
     tolerance = tolerance if tolerance is not None else default_tolerance(baseline_records)
     baseline = next((p for p in found if p["baseline"]), None)
     problem = baseline_problem(baseline_records, chance)
-    return {
+    summary = {
         "definition": definition,
         "chance": chance,
         "tolerance": tolerance,
@@ -350,17 +357,23 @@ def summarize(definition, axes, records, tolerance=None, chance=None):
         "baseline": baseline,
         "no_estimate": problem,
         "points": found,
-        "excess_capacity": excess_capacity([a.name for a in axes], found, tolerance, problem),
+        "excess_capacity": excess_capacity(
+            estimate_axes or [a.name for a in axes],
+            found if search is None else [p for p in found if p["finished"] == p["seeds"]],
+            tolerance,
+            problem,
+        ),
         "trials": records,
         "failed": [r["name"] for r in records if r["status"] == "failed"],
         "pending": [r["name"] for r in records if r["status"] == "pending"],
     }
+    return summary if search is None else search.annotate(summary)
 
 
 # ------------------------------------------------------------------ words
 
 
-def _number(value, digits=4):
+def number(value, digits=4):
     """A number as people read it: ``-`` for none, ``inf``, and never a
     negative zero."""
     if value is None:
@@ -410,14 +423,14 @@ def contradiction_lines(axis, estimate):
     lines = []
     for found in estimate["contradictions"]:
         looser = ", ".join(
-            f"{point_label(q['settings'])} (test error {_number(q['test_error'])}"
+            f"{point_label(q['settings'])} (test error {number(q['test_error'])}"
             + (", did not learn" if q["learned"] is False else "")
             + ")"
             for q in found["looser_over"]
         )
         lines.append(
             f"- {axis.name}: {point_label(found['within'])} is within the tolerance (test "
-            f"error {_number(found['test_error'])}), but the looser {looser} "
+            f"error {number(found['test_error'])}), but the looser {looser} "
             f"{'is' if len(found['looser_over']) == 1 else 'are'} not"
         )
     return lines
@@ -451,19 +464,19 @@ def markdown(sweep, axes):
         lines += [f"**No estimate: {sweep['no_estimate']}.**", ""]
     if baseline and baseline["test_error"] is not None:
         lines += [
-            f"Unconstrained baseline: test error {_number(baseline['test_error'])} "
+            f"Unconstrained baseline: test error {number(baseline['test_error'])} "
             f"(over {baseline['finished']} seed(s)), network Lipschitz bound "
-            f"{_number(baseline['network_lipschitz'])}, sum of distances "
-            f"{_number(baseline['sum_of_distances'])}. Tolerance "
-            f"{_number(tolerance)} ({sweep['tolerance_is']}).",
+            f"{number(baseline['network_lipschitz'])}, sum of distances "
+            f"{number(baseline['sum_of_distances'])}. Tolerance "
+            f"{number(tolerance)} ({sweep['tolerance_is']}).",
             "",
         ]
     if chance["test_error"] is not None:
         lines += [
-            f"Chance level: test error {_number(chance['test_error'])} (the most frequent of "
-            f"{chance['num_classes']} classes is {_number(100 * chance['majority_share'], 3)}% "
+            f"Chance level: test error {number(chance['test_error'])} (the most frequent of "
+            f"{chance['num_classes']} classes is {number(100 * chance['majority_share'], 3)}% "
             f"of {chance['num_test']} test images); a network learned when its test error is "
-            f"more than {_number(chance['margin'])} (two binomial standard errors) below it.",
+            f"more than {number(chance['margin'])} (two binomial standard errors) below it.",
             "",
         ]
     else:
@@ -472,34 +485,44 @@ def markdown(sweep, axes):
             "was not checked.",
             "",
         ]
-    lines += [
-        "| axis | tightest value within tolerance | its test error | network Lipschitz "
-        "bound (removed) | sum of distances (removed) |",
-        "|---|---|---|---|---|",
-    ]
-    for axis in axes:
+    search = sweep.get("search")
+    estimated = [axis for axis in axes if axis.name in sweep["excess_capacity"]]
+    if search and search["kind"] == "frontier":
+        estimated = []
+        lines += search_module().frontier_markdown(sweep, axes)
+    else:
+        lines += [
+            "| axis | tightest value within tolerance | its test error | network Lipschitz "
+            "bound (removed) | sum of distances (removed) |",
+            "|---|---|---|---|---|",
+        ]
+    for axis in estimated:
         est = sweep["excess_capacity"][axis.name]
         if est["tightest"] is None:
             reason = "see above" if sweep["no_estimate"] else est["reason"]
             lines.append(f"| {axis.name} | none: {reason} | | | |")
             continue
         lines.append(
-            f"| {axis.name} | {axis.label(est['tightest'])} | {_number(est['test_error'])} | "
-            f"{_number(est['network_lipschitz'])} ({change(est['removed_lipschitz']) or '-'})"
-            f" | {_number(est['sum_of_distances'])} ({change(est['removed_distance']) or '-'})"
+            f"| {axis.name} | {axis.label(est['tightest'])} | {number(est['test_error'])} | "
+            f"{number(est['network_lipschitz'])} ({change(est['removed_lipschitz']) or '-'})"
+            f" | {number(est['sum_of_distances'])} ({change(est['removed_distance']) or '-'})"
             " |"
         )
-    lines += [
-        "",
-        "The tightest value of an axis at which a point's mean test error stays within the "
-        "baseline's plus the tolerance, its networks learned, and no looser point with the "
-        "other settings equal is over the tolerance (the safe answer). What it removes is "
-        "measured on the trained networks: 1 - L/L0 for the network Lipschitz bound and "
-        "1 - D/D0 for the sum of (2,1) distances to initialization, against the baseline's.",
-    ]
+    if estimated:
+        lines += [
+            "",
+            "The tightest value of an axis at which a point's mean test error stays within the "
+            "baseline's plus the tolerance, its networks learned, and no looser point with the "
+            "other settings equal is over the tolerance (the safe answer). What it removes is "
+            "measured on the trained networks: 1 - L/L0 for the network Lipschitz bound and "
+            "1 - D/D0 for the sum of (2,1) distances to initialization, against the baseline's.",
+        ]
+    if search and search["kind"] == "bisect":
+        lines += search_module().bisection_markdown(sweep, axes[0])
     contradictions = [
         line
         for axis in axes
+        if axis.name in sweep["excess_capacity"]
         for line in contradiction_lines(axis, sweep["excess_capacity"][axis.name])
     ]
     if contradictions:
@@ -509,7 +532,7 @@ def markdown(sweep, axes):
             "## Records that contradict each other",
             "",
             "Test error should grow as a bound tightens, but these tighter points are within "
-            f"the tolerance (a mean test error of at most {_number(limit)}) while looser ones "
+            f"the tolerance (a mean test error of at most {number(limit)}) while looser ones "
             "(the other settings equal) are over it or did not learn. The estimate does not "
             "take them; more seeds (--seeds) would tell noise from effect.",
             "",
@@ -527,16 +550,16 @@ def markdown(sweep, axes):
         bounds = {k: v for k, v in point["test_error_bounds"].items() if v is not None}
         best = min(bounds.items(), key=lambda item: item[1]) if bounds else None
         settings = (
-            ", ".join(f"{k}={_number(v)}" for k, v in point["settings"].items())
+            ", ".join(f"{k}={number(v)}" for k, v in point["settings"].items())
             or "unconstrained baseline"
         )
         lines.append(
-            f"| {settings} | {point['finished']}/{point['seeds']} | {_number(point['test_error'])}"
-            f" ({_number(point['test_error_spread'])}){_not_learned(point)} | "
-            f"{_number(point['train_error'])} | "
-            f"{_number(point['network_lipschitz'])} | {_number(point['sum_of_distances'])} | "
+            f"| {settings} | {point['finished']}/{point['seeds']} | {number(point['test_error'])}"
+            f" ({number(point['test_error_spread'])}){_not_learned(point)} | "
+            f"{number(point['train_error'])} | "
+            f"{number(point['network_lipschitz'])} | {number(point['sum_of_distances'])} | "
             + (
-                f"{_number(best[1])} ({best[0]}{', vacuous' if best[1] >= 1 else ''})"
+                f"{number(best[1])} ({best[0]}{', vacuous' if best[1] >= 1 else ''})"
                 if best
                 else "-"
             )
@@ -551,6 +574,14 @@ def markdown(sweep, axes):
         ]
     lines += ["", f"![sweep]({FIGURE})", ""]
     return "\n".join(lines)
+
+
+def search_module():
+    """:mod:`keras_capacity.sweep.search`, which renders its own parts (it
+    imports this module)."""
+    from keras_capacity.sweep import search
+
+    return search
 
 
 def _not_learned(point):
@@ -575,6 +606,9 @@ def figure(sweep, axes, path):
     the baseline and its tolerance band, the paper's test-error bounds on a
     second axis, the excess-capacity estimate marked. Returns the plotted
     series ``{axis: {label: (x, y)}}``, read back from the drawn lines."""
+    search = sweep.get("search")
+    if search and search["kind"] == "frontier":
+        return search_module().frontier_figure(sweep, axes, path)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -630,7 +664,8 @@ def figure(sweep, axes, path):
                     alpha=0.2,
                     label="tolerance",
                 )
-        estimate = sweep["excess_capacity"][axis.name]["tightest"]
+        estimated = sweep["excess_capacity"][axis.name]
+        estimate = estimated["tightest"]
         if estimate is not None:
             panel.axvline(
                 _position(axis, estimate, finite),
@@ -639,9 +674,20 @@ def figure(sweep, axes, path):
                 linewidth=2,
                 label=f"excess-capacity estimate ({axis.label(estimate)})",
             )
+        if estimate is not None and estimated.get("over") is not None:
+            panel.axvspan(
+                estimated["over"],
+                estimate,
+                color="tab:red",
+                alpha=0.15,
+                label=f"bracket: over at {axis.label(estimated['over'])}, within at "
+                f"{axis.label(estimate)}",
+            )
         if x:  # nothing finished yet: an empty panel, linear axes
             panel.set_xscale("log")
             panel.set_xticks(x, [axis.label(v) for v in values])
+            if search:  # a search's values crowd at the boundary
+                panel.tick_params(axis="x", labelrotation=60)
             panel.xaxis.set_minor_locator(ticker.NullLocator())
         panel.set_xlabel(axis.name + (" (scale of all entries)" if axis.is_scale else ""))
         panel.set_ylabel("error")
@@ -678,6 +724,8 @@ def figure(sweep, axes, path):
             if not line.get_label().startswith("_")
         }
     title = "test error against each constraint (excess capacity)"
+    if search:
+        title += f"\nbisection on a log scale to a factor {search['resolution']:g}"
     if sweep["no_estimate"]:
         title += "\nno estimate: " + sweep["no_estimate"].partition(":")[0]
     figure_.suptitle(title)

@@ -347,6 +347,9 @@ def test_a_frontier_bisects_each_row(tmp_path, monkeypatch):
         rows[lip]["network_lipschitz"] for lip in (0.5, 1.0, 2.0)
     ]
     assert "## Frontier" in (tmp_path / "sweep.md").read_text()
+    lines = describe(summary, found.axes, "W").splitlines()
+    assert lines[0].startswith("lip=x0.5: dist: the boundary lies between dist=x")
+    assert lines[3].startswith(f"frontier: trained the baseline and {len(trained) - 1} of the 60")
 
 
 # ------------------------------------------------- a chief and two workers

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 
 import keras
 import numpy as np
-from keras import ops
 
 from keras_capacity import backend, constraints, exact_norms, linear_layers
 from keras_capacity import layers as capacity_layers
@@ -60,24 +59,20 @@ def lipdists_of(layer):
 
 
 def _check_supported(layer, attribute, constraint):
-    supported = isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D))
-    if not supported:
+    if not linear_layers.is_linear(layer):
         raise ValueError(
             f"LipDist is set on layer {layer.name!r} of type "
             f"{type(layer).__name__}, which it does not support. It supports "
-            "the kernel of keras.layers.Dense, keras.layers.Conv2D and "
-            "keras_capacity.CircularConv2D."
+            "the linear layers: "
+            f"{', '.join(t.__name__ for t in linear_layers.LINEAR_LAYERS)}."
         )
-    wrong_variable = layer.built and layer.kernel.constraint is not constraint
-    if attribute != "kernel_constraint" or wrong_variable:
+    argument = linear_layers.constraint_argument(layer)
+    variable = linear_layers.constrained_variable(layer) if layer.built else None
+    wrong_variable = variable is not None and variable.constraint is not constraint
+    if attribute != argument or wrong_variable:
         raise ValueError(
-            f"LipDist on layer {layer.name!r} is set as {attribute!r}; it "
-            "constrains kernels only: use `kernel_constraint=LipDist(...)`."
-        )
-    if isinstance(layer, keras.layers.Conv2D) and layer.groups != 1:
-        raise ValueError(
-            f"LipDist does not support grouped convolutions (layer "
-            f"{layer.name!r} has groups={layer.groups})."
+            f"LipDist on layer {layer.name!r} ({type(layer).__name__}) is set as "
+            f"{attribute!r}; it constrains the layer's map through `{argument}=LipDist(...)`."
         )
 
 
@@ -185,10 +180,19 @@ def bind(
             shapes[id(layer)] = tuple(build["input_shape"])
     for layer, constraint in pairs:
         geometry = operator_geometry(layer, shapes[id(layer)])
-        with backend.strategy_scope_of(layer.kernel):
+        variable, layout = linear_layers.constrained_variable(layer), linear_layers.layout(layer)
+        partner = layer.depthwise_kernel if layout == linear_layers.SEPARABLE_LAYOUT else None
+        with backend.strategy_scope_of(variable):
             constraint.layer_name = layer.name
-            constraint.create_state(layer.kernel.shape, geometry, layer.kernel.dtype)
-            constraint.initialize(layer.kernel)
+            constraint.attach(partner)
+            constraint.create_state(
+                variable.shape,
+                geometry,
+                variable.dtype,
+                layout,
+                None if partner is None else partner.shape,
+            )
+            constraint.initialize(variable)
     if isinstance(model, keras.Model):
         backend.install_projection_step(model, pairs)
     return pairs
@@ -205,13 +209,18 @@ def project(model: keras.Model, n_iter: int | None = None) -> None:
         n_iter: alternating rounds; default each constraint's own.
     """
     for layer, constraint in constrained_layers(model):
-        with backend.strategy_scope_of(layer.kernel):
-            layer.kernel.assign(constraint.project(layer.kernel, n_iter))
+        variable = linear_layers.constrained_variable(layer)
+        with backend.strategy_scope_of(variable):
+            variable.assign(constraint.project(variable, n_iter))
 
 
 def kernel_lipdist(layer: keras.layers.Layer) -> constraints.LipDist | None:
-    """The bound ``LipDist`` of ``layer``'s kernel, or ``None``."""
-    constraint = getattr(layer, "kernel_constraint", None)
+    """The bound ``LipDist`` of ``layer``'s map (its ``kernel_constraint``,
+    a depthwise layer's ``depthwise_constraint``, a separable one's
+    ``pointwise_constraint``), or ``None``."""
+    if not linear_layers.is_linear(layer):
+        return None
+    constraint = getattr(layer, linear_layers.constraint_argument(layer), None)
     if isinstance(constraint, constraints.LipDist) and constraint.is_bound:
         return constraint
     return None
@@ -250,9 +259,11 @@ def lipschitz(layer: keras.layers.Layer) -> float:
 def distance(layer: keras.layers.Layer) -> float:
     """``||K - K0||_{2,1}`` of ``layer`` as a float (float64 arithmetic).
 
-    The norm is taken over the input axis for every output unit and kernel
-    position, then summed. Needs a bound ``LipDist`` (which holds ``K0``);
-    a :class:`SimplexClassifier` never trains and is always at 0.
+    ``K`` is the layer's map kernel, and the norm is taken over its input
+    axis for every output unit and kernel position, then summed
+    (:func:`keras_capacity.linear_layers.distance21`). Needs a bound
+    ``LipDist`` (which holds ``K0``); a :class:`SimplexClassifier` never
+    trains and is always at 0.
     """
     if isinstance(layer, capacity_layers.SimplexClassifier):
         return 0.0
@@ -262,7 +273,6 @@ def distance(layer: keras.layers.Layer) -> float:
             f"Layer {layer.name!r} has no bound LipDist, so it has no K0 to "
             "measure the distance from. Call keras_capacity.bind(model)."
         )
-    delta = ops.convert_to_numpy(layer.kernel).astype(np.float64) - np.asarray(
-        ops.convert_to_numpy(constraint.initial_kernel), np.float64
+    return linear_layers.distance21(
+        linear_layers.map_kernel(layer), constraint.initial_map_kernel(), constraint.geometry
     )
-    return float(np.linalg.norm(delta, axis=-2).sum())

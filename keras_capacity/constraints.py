@@ -6,8 +6,11 @@ decides by the step count whether a step projects, and serializes; the
 projections are pure functions (:func:`keras_capacity.radial.project`,
 :func:`keras_capacity.orthogonal.project`), and ``Lip(K)`` for the radial
 one comes from an estimator chosen when the constraint is bound
-(:mod:`keras_capacity.lipschitz_estimators`: exact by FFT for circular
-convolutions, tracked by warm-started subspace iteration otherwise).
+(:mod:`keras_capacity.lipschitz_estimators`: exact for Dense kernels,
+``1 x 1`` convolutions and, by FFT, circular ones; tracked by a
+warm-started block eigensolver otherwise). A separable layer's constraint
+acts on its composed map and projects both of its kernels
+(:mod:`keras_capacity.separable`).
 
 **Tolerances.** Every kernel the constraint returns has distance
 ``<= dist * (1 + 1e-5)`` (float32 rounding) and Lipschitz constant
@@ -42,10 +45,12 @@ from keras_capacity import (
     constraint_values,
     exact_norms,
     fourier,
+    linear_layers,
     lipschitz_estimators,
     operators,
     orthogonal,
     radial,
+    separable,
 )
 
 MODES = ("radial", "orthogonal")
@@ -64,10 +69,14 @@ def _positive_int(name, value):
 class LipDist(keras.constraints.Constraint, keras.layers.Layer):
     """Constrains a kernel's Lipschitz constant and its distance to ``K0``.
 
-    Use it as the ``kernel_constraint`` of ``keras.layers.Dense``,
-    ``keras.layers.Conv2D`` (any padding, strides or dilation) or
-    :class:`keras_capacity.CircularConv2D`, then call
-    :func:`keras_capacity.bind` once the model is built:
+    Use it as the ``kernel_constraint`` of ``keras.layers.Dense``, of
+    ``Conv1D``, ``Conv2D``, ``Conv3D`` (any padding, strides, dilation and
+    groups; :class:`keras_capacity.CircularConv2D` too) and of the
+    transposed convolutions; as the ``depthwise_constraint`` of
+    ``DepthwiseConv1D``/``2D``; as the ``pointwise_constraint`` of
+    ``SeparableConv1D``/``2D``, where it constrains the composed map (one
+    convolution) and projects both kernels (:mod:`keras_capacity.separable`).
+    Then call :func:`keras_capacity.bind` once the model is built:
 
     >>> layer = keras.layers.Dense(10, kernel_constraint=LipDist(0.6, 50))
     >>> model = keras.Sequential([keras.Input((20,)), layer])
@@ -76,7 +85,9 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
     After every ``every``-th optimizer step the kernel ``K`` is projected onto
     ``{K : Lip(K) <= lip, ||K - K0||_{2,1} <= dist}``, ``Lip(K)`` being the
     operator norm of the map the layer computes on its actual input (for a
-    convolution: its ``H x W`` input, padding, strides and dilation).
+    convolution: its input size, padding, strides, dilation and groups),
+    ``K`` that map's kernel and the (2,1) norm taken over its input axis
+    (:mod:`keras_capacity.linear_layers`).
     ``K0`` is the kernel at :func:`keras_capacity.bind` time, scaled down to
     ``lip`` if it was above. ``inf`` (or ``None``) switches a bound off;
     ``dist=0`` freezes the kernel at ``K0``.
@@ -92,7 +103,8 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
         dist: the (2,1) distance bound, ``>= 0``.
         mode: ``"radial"`` (rescale ``K``) or ``"orthogonal"`` (the nearest
             kernel: singular-value clipping for Dense, per-frequency clipping
-            for ``CircularConv2D``; refused at ``bind`` for zero padding).
+            for ``CircularConv2D``, per group for grouped ones; refused at
+            ``bind`` for zero-padded and separable layers).
         n_iter: alternating rounds per projection (with both constraints).
         every: project on every ``every``-th optimizer step of the train step.
     """
@@ -118,6 +130,11 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
         self.every = _positive_int("every", every)
         self.geometry = None
         self.kernel_shape = None
+        self.layout = linear_layers.KERNEL
+        self.partner_shape = None
+        # A separable layer's depthwise kernel, projected with the pointwise
+        # one; set by bind, and not tracked (it is the layer's variable).
+        object.__setattr__(self, "partner", None)
         self.layer_name = None
         self.estimator = None
         self.estimator_state = ()
@@ -144,31 +161,69 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
 
     # ------------------------------------------------------------------ state
 
-    def create_state(self, kernel_shape, geometry, dtype="float32"):
+    @property
+    def variable_name(self):
+        """The attribute of the layer's variable this constraint projects
+        (``kernel``; ``pointwise_kernel`` for a separable layer)."""
+        return linear_layers.variable_name(self.layout)
+
+    @property
+    def map_shape(self):
+        """The shape of the layer's map kernel (see
+        :func:`keras_capacity.linear_layers.layout`)."""
+        return linear_layers.map_kernel_shape(self.layout, self.kernel_shape, self.partner_shape)
+
+    def create_state(
+        self,
+        kernel_shape,
+        geometry,
+        dtype="float32",
+        layout=linear_layers.KERNEL,
+        partner_shape=None,
+    ):
         """Creates the state variables for a kernel acting as ``geometry``
         and chooses the estimator; called by :func:`keras_capacity.bind` and
         by deserialization (the values are zero until ``bind`` or weight
-        loading fills them)."""
+        loading fills them). ``kernel_shape`` is the constrained variable's;
+        ``layout`` says how it holds the map kernel, with the depthwise
+        kernel's ``partner_shape`` for a separable layer
+        (:func:`keras_capacity.linear_layers.layout`)."""
         kernel_shape = tuple(int(d) for d in kernel_shape)
+        partner_shape = None if partner_shape is None else tuple(int(d) for d in partner_shape)
         if self.geometry is not None:
-            if (geometry, kernel_shape) != (self.geometry, self.kernel_shape):
+            if (geometry, kernel_shape, layout, partner_shape) != (
+                self.geometry,
+                self.kernel_shape,
+                self.layout,
+                self.partner_shape,
+            ):
                 raise ValueError(
                     f"LipDist on {self.layer_name!r} is already bound to a kernel "
                     f"{self.kernel_shape} acting as {self.geometry}; got {kernel_shape} acting "
                     f"as {geometry}. Give every layer its own LipDist."
                 )
             return
+        where = f"LipDist on {self.layer_name or 'a kernel'!r}"
+        map_shape = linear_layers.map_kernel_shape(layout, kernel_shape, partner_shape)
         if self.mode == "orthogonal":
-            fourier.check_embeddable(
-                geometry, kernel_shape, f"LipDist on {self.layer_name or 'a kernel'!r}"
-            )
+            if layout == linear_layers.SEPARABLE_LAYOUT:
+                raise ValueError(
+                    f"{where}: a separable layer's composed kernels are not a convex set, so "
+                    "mode='orthogonal' has no nearest kernel; use mode='radial'."
+                )
+            fourier.check_embeddable(geometry, map_shape, where)
         self.geometry, self.kernel_shape = geometry, kernel_shape
+        self.layout, self.partner_shape = layout, partner_shape
         state = dict(trainable=False, aggregation="only_first_replica", initializer="zeros")
         self.initial_kernel = self.add_weight(
             shape=kernel_shape, dtype=dtype, name="initial_kernel", **state
         )
+        if layout == linear_layers.SEPARABLE_LAYOUT:
+            self.initial_depthwise = self.add_weight(
+                shape=partner_shape, dtype=dtype, name="initial_depthwise", **state
+            )
         if self.has_lipschitz and self.mode == "radial":
-            self.estimator = lipschitz_estimators.choose(geometry, kernel_shape)
+            self.estimator = lipschitz_estimators.choose(geometry, map_shape)
             self.estimator_state = tuple(
                 self.add_weight(shape=shape, dtype=dtype, name=name, **state)
                 for name, shape in self.estimator.state_shapes().items()
@@ -183,24 +238,50 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
             raise AttributeError("power_vectors: this LipDist tracks no directions.")
         return self.estimator_state[0]
 
+    def attach(self, partner):
+        """Gives a separable layer's constraint the layer's depthwise kernel
+        variable, which it projects with the pointwise one (``bind`` does
+        this, also after loading)."""
+        object.__setattr__(self, "partner", partner)
+
+    def _map_numpy(self, kernel, partner=None):
+        """The map kernel of a variable's value (float64 numpy)."""
+        kernel = np.asarray(ops.convert_to_numpy(kernel), np.float64)
+        if self.layout == linear_layers.SEPARABLE_LAYOUT:
+            partner = np.asarray(ops.convert_to_numpy(partner), np.float64)
+            channels, multiplier = partner.shape[-2:]
+            return np.einsum("...cj,cjo->...co", partner, kernel.reshape(channels, multiplier, -1))
+        return kernel.reshape(self.map_shape)
+
+    def initial_map_kernel(self):
+        """``K0`` as the layer's map kernel (float64 numpy): what distances
+        are measured from."""
+        partner = self.initial_depthwise if self.layout == linear_layers.SEPARABLE_LAYOUT else None
+        return self._map_numpy(self.initial_kernel, partner)
+
     def initialize(self, kernel_variable):
-        """Rescales the kernel to ``lip`` if above (exact float64 norm) and
-        records it as ``K0``; starts the estimator's state. Restored state
-        (after loading weights) is kept as it is."""
+        """Rescales the kernel to ``lip`` if above (exact float64 norm of the
+        layer's map) and records it as ``K0``; starts the estimator's state.
+        Restored state (after loading weights) is kept as it is. A separable
+        layer's pointwise kernel carries the rescale, and both kernels are
+        recorded."""
         if self.is_bound:
             return
         kernel = ops.convert_to_numpy(kernel_variable)
         if self.has_lipschitz:
+            map_kernel = self._map_numpy(kernel, self.partner)
             if self.estimator is None:
-                sigma = exact_norms.spectral_norm(kernel, self.geometry)
+                sigma = exact_norms.spectral_norm(map_kernel, self.geometry)
             else:
-                sigma, state = self.estimator.exact(kernel, ())
+                sigma, state = self.estimator.exact(map_kernel.astype(kernel.dtype), ())
                 sigma = float(sigma)
                 self._store(state)
             if sigma > self.lip:
                 kernel = (kernel * (self.lip / sigma)).astype(kernel.dtype)
                 kernel_variable.assign(kernel)
         self.initial_kernel.assign(kernel)
+        if self.layout == linear_layers.SEPARABLE_LAYOUT:
+            self.initial_depthwise.assign(ops.convert_to_numpy(self.partner))
         self.steps.assign(0)
         self.initialized.assign(1)
 
@@ -224,6 +305,11 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
                 f"{self!r} is bound to a kernel of shape {self.kernel_shape}, "
                 f"got {tuple(w.shape)} ({where!r})."
             )
+        if self.layout == linear_layers.SEPARABLE_LAYOUT and self.partner is None:
+            raise ValueError(
+                f"{self!r} on {where!r} constrains a separable layer and needs its depthwise "
+                "kernel: call `keras_capacity.bind(model)` (also after loading a model)."
+            )
         return where
 
     def _checked(self, w):
@@ -241,27 +327,59 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
 
     # ------------------------------------------------------------- projection
 
-    def _projected(self, kernel, state, n_iter, lipschitz):
-        """``(projected kernel, estimator state)``, with ``Lip(K)`` from
-        ``lipschitz(kernel, state) -> (sigma, state)``; pure."""
+    def _projected(self, kernel, partners, state, n_iter, lipschitz, compiled):
+        """``(projected kernel, partners, estimator state)``, with ``Lip`` of
+        the map kernel from ``lipschitz(map kernel, state) -> (sigma,
+        state)``; ``partners`` is ``(depthwise kernel,)`` for a separable
+        layer (projected too), else ``()``; pure."""
         k0 = ops.convert_to_tensor(self.initial_kernel)
+        if self.layout == linear_layers.SEPARABLE_LAYOUT:
+            d0 = ops.convert_to_tensor(self.initial_depthwise)
+            if self.dist == 0:
+                return k0, (d0,), state
+            depthwise, kernel, state = separable.project(
+                partners[0], kernel, d0, k0, self.lip, self.dist, n_iter, lipschitz, state, compiled
+            )
+            return kernel, (depthwise,), state
         if self.dist == 0:
-            return k0, state
+            return k0, partners, state
+        shape = kernel.shape
+        kernel = linear_layers.to_map_kernel(kernel, self.layout)
+        k0 = linear_layers.to_map_kernel(k0, self.layout)
         if self.mode == "orthogonal":
-            return orthogonal.project(kernel, k0, self.lip, self.dist, self.geometry, n_iter), state
-        return radial.project(kernel, k0, self.lip, self.dist, n_iter, lipschitz, state)
+            kernel = orthogonal.project(kernel, k0, self.lip, self.dist, self.geometry, n_iter)
+        else:
+            axis = linear_layers.input_axis(self.geometry)
+            kernel, state = radial.project(
+                kernel, k0, self.lip, self.dist, n_iter, lipschitz, state, axis
+            )
+        return linear_layers.from_map_kernel(kernel, self.layout, shape), partners, state
+
+    def _partners(self):
+        """``(the depthwise kernel,)`` for a separable layer, else ``()``."""
+        if self.layout != linear_layers.SEPARABLE_LAYOUT:
+            return ()
+        return (ops.convert_to_tensor(self.partner),)
+
+    def _store_partners(self, partners):
+        if partners:
+            self.partner.assign(partners[0])
 
     def project(self, kernel, n_iter: int | None = None):
-        """Projects ``kernel`` now, exactly (``Lip(K)`` converged in float64),
+        """Projects ``kernel`` now, exactly (``Lip`` converged in float64),
         with ``n_iter`` rounds (default: the constraint's own); keeps the
-        estimator's state for the train step."""
+        estimator's state for the train step. A separable layer's depthwise
+        kernel is projected (assigned) with it."""
         kernel = self._checked(kernel)
         n_iter = self.n_iter if n_iter is None else _positive_int("n_iter", n_iter)
 
         state = tuple(ops.convert_to_numpy(v) for v in self.estimator_state)
         exact = self.estimator.exact if self.estimator else None
-        kernel, state = self._projected(kernel, state, n_iter, exact)
+        kernel, partners, state = self._projected(
+            kernel, self._partners(), state, n_iter, exact, compiled=False
+        )
         self._store(state)
+        self._store_partners(partners)
         return kernel
 
     def train_step_projection(self, w):
@@ -271,22 +389,26 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
         self.steps.assign_add(1)
         step = ops.convert_to_tensor(self.steps)
         state = tuple(ops.convert_to_tensor(v) for v in self.estimator_state)
+        partners = self._partners()
 
         def projected():
             estimate = lambda value, state: self.estimator.in_graph(value, state, step)  # noqa: E731
-            return self._projected(self._checked(w), state, self.n_iter, estimate)
+            return self._projected(
+                self._checked(w), partners, state, self.n_iter, estimate, compiled=True
+            )
 
         if self.every == 1:
-            kernel, state = projected()
+            kernel, partners, state = projected()
         else:  # only the steps that project pay for the check and the estimate
-            kernel, state = ops.cond(
+            kernel, partners, state = ops.cond(
                 ops.equal(step % self.every, 0),
                 projected,
-                lambda: (ops.convert_to_tensor(w), state),
+                lambda: (ops.convert_to_tensor(w), partners, state),
             )
         # Outside the cond: under MirroredStrategy this assignment is a
         # synchronization point, which control flow may not contain.
         self._store(state)
+        self._store_partners(partners)
         return kernel
 
     def __call__(self, w):
@@ -316,6 +438,10 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
             config["geometry"] = self.geometry.get_config()
             config["kernel_shape"] = list(self.kernel_shape)
             config["kernel_dtype"] = self.initial_kernel.dtype
+            if self.layout != linear_layers.KERNEL:
+                config["layout"] = self.layout
+            if self.partner_shape is not None:
+                config["partner_shape"] = list(self.partner_shape)
         return config
 
     @classmethod
@@ -324,10 +450,16 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
         geometry = config.pop("geometry", None)
         kernel_shape = config.pop("kernel_shape", None)
         dtype = config.pop("kernel_dtype", "float32")
+        layout = config.pop("layout", linear_layers.KERNEL)
+        partner_shape = config.pop("partner_shape", None)
         constraint = cls(**config)
         if geometry is not None:
             constraint.create_state(
-                kernel_shape, operators.OperatorGeometry.from_config(geometry), dtype
+                kernel_shape,
+                operators.OperatorGeometry.from_config(geometry),
+                dtype,
+                layout,
+                partner_shape,
             )
         return constraint
 

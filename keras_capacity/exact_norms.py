@@ -18,6 +18,8 @@ float64 (numpy, or Lanczos over the compiled operator):
   float64, ``A`` applied as the layer applies it and ``A^T`` as its
   gradient, converged far below the relative tolerance of 1e-5 that the
   project promises; a small ``A^T A`` is formed densely and decomposed.
+* ``1 x 1`` convolutions: the ``in x out`` matrix applied at every pixel
+  the strides keep, so the norm is that matrix's (exact, SVD).
 * Grouped convolutions (depthwise ones too: one group per input channel)
   are block diagonal: group ``g`` maps its ``in / groups`` input channels
   to its ``out / groups`` output channels, so ``||A||_2`` is the largest of
@@ -41,6 +43,9 @@ DENSE_GRAM_LIMIT = 256
 # At most this many Gram entries are formed at once for the groups of a
 # grouped convolution (2^25 float64: 256 MiB).
 GROUP_GRAM_ENTRIES = 2**25
+# Steps of per-group subspace iteration that start a grouped operator's
+# tracked directions (grouped_top_singular), at most.
+GROUPED_STEPS = 100
 
 
 def _phases(offsets, size, frequencies):
@@ -121,6 +126,73 @@ def _gram_operator(kernel, geometry):
             return ops.convert_to_numpy(result)
 
     return apply, size
+
+
+def _group_slices(x, groups):
+    """``(k, ..., channels)`` -> ``(groups, k, n)``, each group's channels
+    (as :func:`keras_capacity.operators.subspace_iteration` groups them)."""
+    k, channels = x.shape[0], x.shape[-1]
+    x = x.reshape(k, -1, groups, channels // groups)
+    return np.moveaxis(x, 2, 0).reshape(groups, k, -1)
+
+
+def _ungroup_slices(x, shape):
+    """The inverse of :func:`_group_slices`, to ``shape`` (``(k, ...)``)."""
+    groups, k = x.shape[:2]
+    x = x.reshape(groups, k, -1, shape[-1] // groups)
+    return np.moveaxis(x, 0, 2).reshape(shape)
+
+
+def _orthonormalized(rows):
+    """``(groups, k, n)`` rows orthonormalized per group (SVQB in float64,
+    dependent directions dropped as zero rows)."""
+    gram = rows @ np.swapaxes(rows, 1, 2)
+    norms = np.einsum("gii->gi", gram)
+    scale = np.where(norms > 1e-300, 1.0 / np.sqrt(np.maximum(norms, 1e-300)), 0.0)
+    values, vectors = np.linalg.eigh(gram * scale[:, :, None] * scale[:, None, :])
+    keep = values > 1e-12 * values.max(axis=-1, keepdims=True)
+    inverse = np.where(keep, 1.0 / np.sqrt(np.where(keep, values, 1.0)), 0.0)
+    return ((np.swapaxes(vectors, 1, 2) * inverse[:, :, None]) * scale[:, None, :]) @ rows
+
+
+def grouped_top_singular(kernel, geometry, k, start=None, steps=GROUPED_STEPS):
+    """``(sigma, vectors)`` for a grouped convolution: its norm, converged by
+    Lanczos on the whole (block-diagonal) operator, and every group's top
+    ``k`` right singular directions, the rows' slices of that group's
+    channels (:func:`keras_capacity.operators.subspace_iteration`), by at
+    most ``steps`` LOBPCG steps per group in float64 from ``start``
+    (random where absent or zero), until every group's largest Ritz value
+    settles to 1e-10: one application of the compiled ``A^T A`` per step
+    serves every group, and each group's small Rayleigh-Ritz problem runs
+    in numpy. (A group's top singular values cluster, which plain subspace
+    iteration follows too slowly to start the train step's tracking.)"""
+    kernel = np.asarray(kernel, dtype=np.float64)
+    shape = geometry.input_shape(kernel.shape)[1:]
+    groups = geometry.groups
+    sigma = top_singular(kernel, geometry)[0]
+    gram, size = _gram_operator(kernel, geometry)
+
+    def apply(rows):  # A^T A on every group's rows at once
+        count = rows.shape[1]
+        full = _ungroup_slices(rows, (count, *shape)).reshape(count, size)
+        return _group_slices(gram(full).reshape(count, *shape), groups)
+
+    if start is None or not np.any(start):
+        start = np.random.default_rng(0).standard_normal((k, *shape))
+    x = _orthonormalized(_orthonormalized(_group_slices(np.asarray(start, np.float64), groups)))
+    p, previous = np.zeros_like(x), None
+    for _ in range(steps):
+        w = apply(x)
+        top = np.linalg.eigvalsh(x @ np.swapaxes(w, 1, 2))[:, -1]
+        if previous is not None and np.abs(top - previous).max() <= 1e-10 * top.max():
+            break
+        previous = top
+        basis = _orthonormalized(_orthonormalized(np.concatenate([x, w, p], axis=1)))
+        values, vectors = np.linalg.eigh(basis @ np.swapaxes(apply(basis), 1, 2))
+        new_x = np.swapaxes(vectors[..., ::-1][..., :k], 1, 2) @ basis
+        p = new_x - (new_x @ np.swapaxes(x, 1, 2)) @ x
+        x = new_x
+    return sigma, _ungroup_slices(x, (k, *shape))
 
 
 def top_singular(kernel, geometry, k=1, v0=None):
@@ -222,6 +294,9 @@ def spectral_norm(kernel, geometry):
         return float(np.linalg.norm(kernel, 2))
     if geometry.groups > 1:
         return grouped_spectral_norm(kernel, geometry)
+    if geometry.kind != operators.CONV_TRANSPOSE and kernel.shape[:-2] == (1,) * geometry.rank:
+        # 1 x 1: the in x out matrix at every pixel kept (at least one).
+        return float(np.linalg.norm(kernel.reshape(kernel.shape[-2:]), 2))
     if fourier.is_circular(geometry) and fourier.strides_divide(geometry):
         return circular_conv_spectral_norm(kernel, geometry)
     return top_singular(kernel, geometry)[0]

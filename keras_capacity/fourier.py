@@ -36,7 +36,7 @@ from keras_capacity import backend, operators, projections
 # The train step uses the exact norm when (decomposed matrices) x (their
 # side)^3 is at most this: e.g. 128 channels on a 32x32 input (stride 1),
 # about 0.2 s on 2 CPU cores, against minutes for one epoch of such a layer.
-# Beyond it the norm is tracked by subspace iteration instead.
+# Beyond it the norm is tracked (keras_capacity.lipschitz_estimators).
 EXACT_COST_LIMIT = 2**31
 
 
@@ -77,13 +77,20 @@ def is_circular(geometry):
     return geometry.kind == operators.CONV2D and geometry.padding == "circular"
 
 
+def ungrouped_shape(geometry, kernel_shape):
+    """The kernel shape of the plain convolution a grouped one equals
+    (:func:`keras_capacity.operators.ungrouped`)."""
+    return (*kernel_shape[:-2], int(kernel_shape[-2]) * geometry.groups, int(kernel_shape[-1]))
+
+
 def has_exact_norm(geometry, kernel_shape):
     """Whether :func:`spectral_norm` applies and is cheap enough for the
     train step (a circular convolution whose strides divide its input,
-    within ``EXACT_COST_LIMIT``)."""
+    within ``EXACT_COST_LIMIT``; a grouped one costs what the plain
+    convolution it equals does)."""
     if not is_circular(geometry) or not strides_divide(geometry):
         return False
-    _, matrices, n = plan(geometry, kernel_shape)
+    _, matrices, n = plan(geometry, ungrouped_shape(geometry, kernel_shape))
     return matrices * n**3 <= EXACT_COST_LIMIT
 
 
@@ -269,13 +276,15 @@ def _input_grams(kernel, geometry):
 
 def spectral_norm(kernel, geometry):
     """``||A||_2`` of the circular convolution ``geometry`` with ``kernel``,
-    exactly (to the kernel's floating-point precision); a tensor."""
+    exactly (to the kernel's floating-point precision); a tensor. A grouped
+    convolution is taken as the block-diagonal plain one it equals."""
     if not is_circular(geometry) or not strides_divide(geometry):
         raise ValueError(
             f"fourier.spectral_norm needs a circular convolution whose strides "
             f"divide its input; got {geometry}."
         )
-    grams, scale = gram_matrices(ops.convert_to_tensor(kernel), geometry)
+    kernel, geometry = operators.ungrouped(ops.convert_to_tensor(kernel), geometry)
+    grams, scale = gram_matrices(kernel, geometry)
     largest = projections.largest_eigenvalue(*grams)
     return ops.sqrt(ops.maximum(largest * scale, 0.0))
 
@@ -294,11 +303,11 @@ def check_embeddable(geometry, kernel_shape, where):
     convolution whose taps land on distinct pixels of its input grid."""
     if geometry.kind == operators.DENSE:
         return
-    if geometry.padding != "circular":
+    if geometry.padding != "circular" or geometry.kind == operators.CONV_TRANSPOSE:
         raise ValueError(
             f"{where}: mode='orthogonal' needs the exact spectrum of a periodic "
-            f"convolution, but this Conv2D pads with {geometry.padding!r}. Use "
-            "mode='radial', or keras_capacity.CircularConv2D."
+            f"2-D convolution, but this layer pads with {geometry.padding!r}. Use "
+            "mode='radial', or keras_capacity.CircularConv2D (groups allowed)."
         )
     rows, cols = tap_positions(geometry, kernel_shape)
     if len(set(rows)) < len(rows) or len(set(cols)) < len(cols):

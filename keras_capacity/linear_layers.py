@@ -140,6 +140,90 @@ def distance21(kernel, initial, geometry):
     return float(np.linalg.norm(delta, axis=input_axis(geometry)).sum())
 
 
+# How LipDist's variable holds the map kernel (see :func:`layout`).
+KERNEL, DEPTHWISE_LAYOUT, SEPARABLE_LAYOUT = "kernel", "depthwise", "separable"
+LAYOUTS = (KERNEL, DEPTHWISE_LAYOUT, SEPARABLE_LAYOUT)
+
+
+def layout(layer):
+    """How the variable that :class:`~keras_capacity.LipDist` constrains
+    holds ``layer``'s map kernel.
+
+    * ``"kernel"`` (Dense, every convolution, transposed ones too): the
+      variable is the map kernel.
+    * ``"depthwise"``: the variable is the ``(*k, in, m)`` depthwise kernel,
+      the map kernel its reshape to ``(*k, 1, in m)`` (:func:`to_map_kernel`).
+    * ``"separable"``: the variable is the pointwise kernel, and the map
+      kernel composes it with the depthwise one (:func:`compose`); the
+      constraint projects both.
+    """
+    if isinstance(layer, DEPTHWISE):
+        return DEPTHWISE_LAYOUT
+    if isinstance(layer, SEPARABLE):
+        return SEPARABLE_LAYOUT
+    return KERNEL
+
+
+def constraint_argument(layer):
+    """The constructor argument that takes ``layer``'s ``LipDist``:
+    ``depthwise_constraint`` for a depthwise layer, ``pointwise_constraint``
+    for a separable one (the constraint of the composed map, which projects
+    both kernels), ``kernel_constraint`` otherwise."""
+    return {
+        DEPTHWISE_LAYOUT: "depthwise_constraint",
+        SEPARABLE_LAYOUT: "pointwise_constraint",
+    }.get(layout(layer), "kernel_constraint")
+
+
+def variable_name(layout_name):
+    """The attribute of the layer's variable a ``LipDist`` of this layout
+    constrains."""
+    return "pointwise_kernel" if layout_name == SEPARABLE_LAYOUT else "kernel"
+
+
+def constrained_variable(layer):
+    """The variable of ``layer`` that its ``LipDist`` constrains."""
+    return getattr(layer, variable_name(layout(layer)))
+
+
+def compose(depthwise, pointwise):
+    """The one kernel ``(*k, in, out)`` of depthwise ``(*k, in, m)`` then
+    pointwise ``(1, ..., 1, in m, out)``: ``K[..., c, o] = sum_j D[..., c, j]
+    P[c m + j, o]`` (tensors, ``keras.ops``)."""
+    channels, multiplier = depthwise.shape[-2], depthwise.shape[-1]
+    pointwise = ops.reshape(pointwise, (channels, multiplier, -1))
+    return ops.einsum("...cj,cjo->...co", depthwise, pointwise)
+
+
+def map_kernel_shape(layout_name, kernel_shape, partner_shape=None):
+    """The map kernel's shape for a variable of ``kernel_shape`` (and, for
+    a separable layer, the depthwise kernel's ``partner_shape``)."""
+    kernel_shape = tuple(int(d) for d in kernel_shape)
+    if layout_name == DEPTHWISE_LAYOUT:
+        return (*kernel_shape[:-2], 1, kernel_shape[-2] * kernel_shape[-1])
+    if layout_name == SEPARABLE_LAYOUT:
+        return (*tuple(int(d) for d in partner_shape[:-1]), kernel_shape[-1])
+    return kernel_shape
+
+
+def to_map_kernel(value, layout_name, partner=None):
+    """The map kernel (a tensor) from the constrained variable's ``value``
+    (and the depthwise kernel ``partner`` of a separable layer)."""
+    if layout_name == DEPTHWISE_LAYOUT:
+        return ops.reshape(value, map_kernel_shape(layout_name, value.shape))
+    if layout_name == SEPARABLE_LAYOUT:
+        return compose(partner, value)
+    return value
+
+
+def from_map_kernel(kernel, layout_name, shape):
+    """The inverse of :func:`to_map_kernel` for the layouts that are a
+    reshape (a separable kernel is projected as its two factors)."""
+    if layout_name == SEPARABLE_LAYOUT:
+        raise ValueError("A separable layer's composed kernel has no inverse; project its factors.")
+    return ops.reshape(kernel, shape)
+
+
 def bounds_reason(layer):
     """Why the twelve bounds cannot describe ``layer``, or ``None``.
 

@@ -99,7 +99,7 @@ def _initial_kernel(layer, initial_layers):
     if isinstance(layer, capacity_layers.SimplexClassifier):
         return _numpy(layer.kernel)  # fixed, never trained
     constraint = binding.kernel_lipdist(layer)
-    return None if constraint is None else _numpy(constraint.initial_kernel)
+    return None if constraint is None else constraint.initial_map_kernel()
 
 
 # ------------------------------------------------------- per-layer terms

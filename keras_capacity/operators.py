@@ -117,6 +117,46 @@ class OperatorGeometry:
         return cls(**config)
 
 
+def ungrouped(kernel, geometry):
+    """``(kernel, geometry)`` of the plain convolution a grouped one equals.
+
+    Group ``g``'s ``(*k, in / groups, out / groups)`` block of the grouped
+    kernel ``(*k, in / groups, out)`` is placed at input channels
+    ``[g i_g, (g + 1) i_g)`` and output channels ``[g o_g, (g + 1) o_g)`` of
+    a ``(*k, in, out)`` kernel with zeros elsewhere, which computes the
+    same map: block diagonal over the groups, so its singular values are
+    the groups' and its nearest kernels in a spectral ball are block
+    diagonal too (:func:`grouped` takes the blocks back). The zeros add
+    nothing to a (2,1) norm. A kernel with one group is returned as it is.
+    """
+    groups = geometry.groups
+    if groups == 1:
+        return kernel, geometry
+    *size, per_group, channels_out = kernel.shape
+    blocks = ops.reshape(kernel, (*size, per_group, groups, channels_out // groups))
+    identity = ops.eye(groups, dtype=kernel.dtype)
+    dense = ops.einsum("...igo,hg->...higo", blocks, identity)
+    return (
+        ops.reshape(dense, (*size, groups * per_group, channels_out)),
+        dataclasses.replace(geometry, groups=1),
+    )
+
+
+def grouped(kernel, geometry):
+    """The grouped kernel ``(*k, in / groups, out)`` of ``geometry`` from a
+    plain ``(*k, in, out)`` one: its diagonal blocks (the inverse of
+    :func:`ungrouped` on block-diagonal kernels)."""
+    groups = geometry.groups
+    if groups == 1:
+        return kernel
+    *size, channels_in, channels_out = kernel.shape
+    blocks = ops.reshape(
+        kernel, (*size, groups, channels_in // groups, groups, channels_out // groups)
+    )
+    diagonal = ops.einsum("...higo,hg->...igo", blocks, ops.eye(groups, dtype=kernel.dtype))
+    return ops.reshape(diagonal, (*size, channels_in // groups, channels_out))
+
+
 def same_padding(size, kernel_size, stride, dilation):
     """``(before, after)`` zeros of ``padding="same"`` on one axis, as
     TensorFlow and JAX pad: ``max((ceil(n / s) - 1) s + k_eff - n, 0)`` in
@@ -215,55 +255,100 @@ def _flat(x):
     return ops.reshape(x, (ops.shape(x)[0], -1))
 
 
-def _orthonormal_rows(block):
-    """Orthonormalizes the flattened rows of ``block`` by SVQB (Stathopoulos
-    & Wu, SIAM J. Sci. Comput. 2002), twice: the rows' small Gram matrix,
-    scaled to a unit diagonal, is diagonalized and its eigenvalues (clipped
-    below at a tiny fraction of the largest, for rows that are nearly
-    dependent) whiten the rows. Two ``b x b`` eigendecompositions and a few
-    products, where a Householder QR of the tall ``n x b`` matrix costs
-    several times a convolution of the block."""
-    flat = _flat(block)
-    for _ in range(2):
-        gram = ops.matmul(flat, ops.transpose(flat))
-        scale = 1.0 / ops.sqrt(ops.maximum(ops.diagonal(gram), 1e-30))
-        values, vectors = ops.eigh(gram * scale[:, None] * scale[None, :])
-        values = ops.maximum(values, 1e-7 * ops.max(values))
-        whitening = ops.transpose(vectors) / ops.sqrt(values)[:, None]
-        flat = ops.matmul(whitening * scale[None, :], flat)
-    return ops.reshape(flat, ops.shape(block))
+def _group_rows(x, groups):
+    """``(b, ..., channels)`` -> ``(groups, b, n)``: each group's channels of
+    every row, flattened (one group: the rows themselves). A grouped
+    operator is block diagonal over these slices, of its inputs as of its
+    outputs."""
+    if groups == 1:
+        return _flat(x)[None]
+    rows, channels = x.shape[0], x.shape[-1]
+    x = ops.reshape(x, (rows, -1, groups, channels // groups))
+    return ops.reshape(ops.transpose(x, (2, 0, 1, 3)), (groups, rows, -1))
 
 
-def _rayleigh_ritz(block, image):
-    """Rotates an orthonormal ``block`` (and its image ``A block``) onto the
-    Ritz vectors of ``A^T A``, largest first; returns the Ritz values
-    (``||A v||^2`` of each rotated vector, largest first) with them."""
-    flat_image = _flat(image)
-    values, vectors = ops.eigh(ops.matmul(flat_image, ops.transpose(flat_image)))
-    rotation = ops.flip(ops.transpose(vectors), axis=0)
-    rotated = ops.reshape(ops.matmul(rotation, _flat(block)), ops.shape(block))
-    rotated_image = ops.reshape(ops.matmul(rotation, flat_image), ops.shape(image))
-    return ops.flip(values, axis=0), rotated, rotated_image
+def _ungroup_rows(flat, shape, groups):
+    """The inverse of :func:`_group_rows`, back to ``shape``."""
+    if groups == 1:
+        return ops.reshape(flat[0], shape)
+    rows, channels = shape[0], shape[-1]
+    x = ops.reshape(flat, (groups, rows, -1, channels // groups))
+    return ops.reshape(ops.transpose(x, (1, 2, 0, 3)), shape)
+
+
+# SVQB drops the directions of a block whose share of its (unit-diagonal)
+# Gram matrix is below this: what rounding leaves of dependent rows, which
+# whitening would amplify (by at most 1/sqrt(DEPENDENCE) for those kept).
+DEPENDENCE = 1e-6
+
+
+def _whitening(flat):
+    """SVQB (Stathopoulos & Wu, SIAM J. Sci. Comput. 2002) on the rows of
+    ``flat`` ``(groups, rows, n)``: the ``(groups, rows, rows)`` map that
+    makes them orthonormal. The rows' Gram matrix, scaled to a unit
+    diagonal, is diagonalized and its eigenvalues whiten the rows; the
+    directions whose eigenvalue is below :data:`DEPENDENCE` times the
+    largest (rows that are nearly dependent, or zero) become zero rows, so
+    the whitened rows ``Q`` have ``||Q||_2 <= 1``. One ``rows x rows``
+    eigendecomposition per group, where a Householder QR of the tall
+    ``n x rows`` matrix costs several times a convolution of the block."""
+    gram = ops.matmul(flat, ops.swapaxes(flat, -1, -2))
+    norms = ops.diagonal(gram, axis1=-2, axis2=-1)
+    # Zero rows (moves too small to use, see subspace_iteration) are dropped,
+    # not scaled up by orders of magnitude that overflow.
+    kept = norms > 1e-30
+    scale = ops.where(kept, 1.0 / ops.sqrt(ops.where(kept, norms, 1.0)), 0.0)
+    values, vectors = backend.eigh(gram * scale[..., :, None] * scale[..., None, :])
+    independent = values > DEPENDENCE * ops.max(values, axis=-1, keepdims=True)
+    inverse = ops.where(independent, 1.0 / ops.sqrt(ops.where(independent, values, 1.0)), 0.0)
+    return (ops.swapaxes(vectors, -1, -2) * inverse[..., :, None]) * scale[..., None, :]
+
+
+# A step's move P (rows of X are unit vectors) shorter than this is dropped
+# from the next step's basis: its image, a difference of images, would be
+# float32 rounding amplified (1e-3 keeps it below 1e-4 of sigma).
+SMALLEST_MOVE = 1e-3
 
 
 def subspace_iteration(kernel, block, geometry, min_steps=1, max_steps=50, rtol=1e-5):
-    """Estimates ``||A||_2`` by subspace iteration on ``A^T A``, warm-started.
+    """Estimates ``||A||_2`` by a block eigensolver on ``A^T A``, warm-started.
 
-    ``block`` holds ``b`` start vectors (rows). Each step maps them through
-    ``A^T A``, orthonormalizes them (QR) and rotates them onto their Ritz
-    vectors (Rayleigh-Ritz on the ``b x b`` matrix ``(A V)(A V)^T``). The
-    largest Ritz value ``sigma^2`` is a lower bound on ``||A||_2^2`` that
-    converges at the rate ``(sigma_{b+1} / sigma_1)^2`` per step. Tracking
-    the top ``b`` singular directions, not one, means that when training
-    lets another direction overtake the top one, the estimate follows at
-    once instead of after many power steps. Iteration stops once the sum of
-    the largest ``b - 1`` Ritz values changes by less than ``rtol``
-    (relative), after at least ``min_steps`` and at most ``max_steps`` steps:
-    watching them, not only the largest, keeps iterating while a direction
-    that is about to overtake the top one is still converging; the weakest
-    is left out, because a caller may put a random probe there
+    ``block`` holds ``b`` start vectors (rows) ``X``. A step of subspace
+    iteration maps them through ``A^T A``, orthonormalizes them (SVQB,
+    :func:`_whitening`) and rotates them onto their Ritz vectors
+    (Rayleigh-Ritz on the ``b x b`` Gram matrix of their images). The
+    largest Ritz value ``sigma^2`` is a lower bound on ``||A||_2^2`` (the
+    orthonormalized rows have norm at most one) that converges at the rate
+    ``(sigma_{b+1} / sigma_1)^2`` per step. Tracking the top ``b`` singular
+    directions, not one, means that when training lets another direction
+    overtake the top one, the estimate follows at once instead of after
+    many power steps. Iteration stops once the sum of the largest ``b - 1``
+    Ritz values changes by less than ``rtol`` (relative) from ``X``'s own to
+    the step's, after at least ``min_steps`` and at most ``max_steps``
+    steps: watching them, not only the largest, keeps iterating while a
+    direction that is about to overtake the top one is still converging;
+    the weakest is left out, because a caller may put a random probe there
     (:class:`keras_capacity.lipschitz_estimators.TrackedSubspace`), and
-    watching it would cost several steps in every call for nothing.
+    watching it would cost several steps in every call for nothing. A warm
+    call takes one step: ``A`` twice and ``A^T`` once on ``b`` vectors.
+
+    A grouped convolution (a depthwise one: one group per input channel) is
+    block diagonal, so every group is iterated on its own: each row's slice
+    of a group's channels is that group's vector (:func:`_group_rows`),
+    orthonormalized and rotated within the group, and one application of
+    ``A`` to the ``b`` rows steps all groups at once. The estimate is the
+    largest over the groups, so no group can overtake the tracked ones
+    unseen. A group with few channels has clustered top singular values (a
+    one-channel 3x3 convolution's spectrum is its smooth symbol, sampled at
+    every frequency), which subspace iteration follows too slowly after a
+    large optimizer step: there, the steps after the first are LOBPCG's
+    (Knyazev, SIAM J. Sci. Comput. 2001; no preconditioner), Rayleigh-Ritz
+    on the span of ``[X, A^T A X, P]``, ``P`` the previous step's move,
+    which converge in tens of steps where subspace iteration needs hundreds,
+    for one more application of ``A`` per step (images are computed, never
+    combined over steps: combinations drift in float32); and the stopping
+    rule watches each group's largest Ritz value, relative to the largest
+    group's (a group's next values cluster with it and settle slowly).
 
     Args:
         kernel: the layer's kernel.
@@ -271,35 +356,101 @@ def subspace_iteration(kernel, block, geometry, min_steps=1, max_steps=50, rtol=
         geometry: an :class:`OperatorGeometry`.
         min_steps: the fewest steps to take (at least one is taken).
         max_steps: the most steps to take.
-        rtol: the relative change of the watched Ritz values' sum that ends it.
+        rtol: the relative change of the watched Ritz values that ends it.
 
     Returns:
         ``(sigma, block)``: the estimate and the orthonormal Ritz vectors,
-        largest first, to start the next call from.
+        largest first (per group), to start the next call from.
     """
-    watched = max(int(block.shape[0]) - 1, 1)
+    rows = int(block.shape[0])
+    # A group's own top values cluster (a one-channel convolution's
+    # spectrum is its smooth symbol, sampled), so for grouped operators each
+    # group's largest value is watched, which the estimate is made of.
+    watched = max(rows - 1, 1) if geometry.groups == 1 else 1
+    groups = geometry.groups
+    shape = tuple(block.shape)
+    block = ops.cast(block, kernel.dtype)
+    image_shape = tuple(apply_operator(kernel, block[:1], geometry).shape[1:])
 
-    def iterate(block, image):
-        block = _orthonormal_rows(apply_adjoint(kernel, image, geometry))
-        return _rayleigh_ritz(block, apply_operator(kernel, block, geometry))
+    def image(flat):
+        x = _ungroup_rows(flat, shape, groups)
+        return _group_rows(apply_operator(kernel, x, geometry), groups)
 
-    def not_converged(i, values, previous, block, image):
-        total = ops.sum(values[:watched])
-        changing = ops.abs(total - previous) > rtol * total
+    def adjoint(flat_image):
+        y = _ungroup_rows(flat_image, (rows, *image_shape), groups)
+        return _group_rows(apply_adjoint(kernel, y, geometry), groups)
+
+    def rayleigh_ritz(basis, images):
+        """The top ``rows`` Ritz values, vectors and their images on the span
+        of ``basis`` (with its ``images``), orthonormalized twice (the
+        images once, by the two whitenings combined)."""
+        first = _whitening(basis)
+        basis = ops.matmul(first, basis)
+        second = _whitening(basis)
+        basis, images = ops.matmul(second, basis), ops.matmul(ops.matmul(second, first), images)
+        values, vectors = backend.eigh(ops.matmul(images, ops.swapaxes(images, -1, -2)))
+        top = ops.swapaxes(ops.flip(vectors, axis=-1)[..., :rows], -1, -2)
+        values = ops.flip(values, axis=-1)[..., :rows]
+        return values, ops.matmul(top, basis), ops.matmul(top, images)
+
+    def watched_sums(ax):
+        """The watched sum of X's own Ritz values (X orthonormal)."""
+        values = ops.flip(backend.eigvalsh(ops.matmul(ax, ops.swapaxes(ax, -1, -2))), axis=-1)
+        return ops.sum(values[:, :watched], axis=1)
+
+    def subspace_step(x, ax):
+        """Rayleigh-Ritz on ``A^T A X`` alone; the images are a rotation of
+        computed ones, so nothing drifts."""
+        w = adjoint(ax)
+        values, new_x, new_ax = rayleigh_ritz(w, image(w))
+        return watched_sums(ax), values, new_x, new_ax
+
+    def move(new_x, x):
+        """``(P, overlap)``: the move from ``x`` to ``new_x`` outside ``x``,
+        ``P = new_x - overlap x``; zero where it is much shorter than the
+        unit rows, as its image, a difference of images, would be mostly
+        rounding."""
+        overlap = ops.matmul(new_x, ops.swapaxes(x, -1, -2))
+        p = new_x - ops.matmul(overlap, x)
+        large = ops.sqrt(ops.sum(ops.square(p), axis=-1, keepdims=True)) > SMALLEST_MOVE
+        return ops.where(large, p, 0.0), overlap
+
+    def lobpcg_step(x, p, overlap, previous_ax):
+        # Images are computed, never carried as combinations of combinations
+        # (which drift from the true ones in float32 over many steps, and
+        # inflate the estimate): A P = A X - overlap A X_previous.
+        ax = image(x)
+        ap = ax - ops.matmul(overlap, previous_ax)
+        w = adjoint(ax)
+        values, new_x, _ = rayleigh_ritz(
+            ops.concatenate([x, w, p], axis=1), ops.concatenate([ax, image(w), ap], axis=1)
+        )
+        return watched_sums(ax), values, new_x, *move(new_x, x), ax
+
+    def not_converged(i, before, values, *_):
+        totals = ops.sum(values[:, :watched], axis=1)
+        changing = ops.max(ops.abs(totals - before)) > rtol * ops.max(totals)
         return ops.logical_and(i < max_steps, ops.logical_or(i < min_steps, changing))
 
-    def body(i, values, previous, block, image):
-        new_values, block, image = iterate(block, image)
-        return i + 1, new_values, ops.sum(values[:watched]), block, image
+    # The first step is one of subspace iteration: where the directions are
+    # already tracked (a warm call) it is the only one.
+    x = _group_rows(block, groups)
+    for _ in range(2):
+        x = ops.matmul(_whitening(x), x)
+    ax = image(x)
+    before, values, new_x, new_ax = subspace_step(x, ax)
+    if groups == 1:
 
-    block = _orthonormal_rows(ops.cast(block, kernel.dtype))
-    values, block, image = _rayleigh_ritz(block, apply_operator(kernel, block, geometry))
-    start = (
-        ops.convert_to_tensor(0),
-        values,
-        ops.convert_to_tensor(-1.0, kernel.dtype),
-        block,
-        image,
-    )
-    _, values, _, block, _ = ops.while_loop(not_converged, body, start)
-    return ops.sqrt(ops.maximum(values[0], 0.0)), block
+        def body(i, before, values, x, ax):
+            return i + 1, *subspace_step(x, ax)
+
+        start = (ops.convert_to_tensor(1), before, values, new_x, new_ax)
+    else:
+
+        def body(i, before, values, x, p, overlap, previous_ax):
+            return i + 1, *lobpcg_step(x, p, overlap, previous_ax)
+
+        start = (ops.convert_to_tensor(1), before, values, new_x, *move(new_x, x), ax)
+    _, _, values, x, *_ = ops.while_loop(not_converged, body, start)
+    sigma = ops.sqrt(ops.maximum(ops.max(values[:, 0]), 0.0))
+    return sigma, _ungroup_rows(x, shape, groups)

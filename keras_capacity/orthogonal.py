@@ -32,8 +32,19 @@ def project(kernel, initial_kernel, lip, dist, geometry, rounds):
     For a circular convolution, one round over (distance ball, spectral
     ball, support) carries no increments, so it is the composition of the
     three projections, done on the kernel's own taps
-    (:meth:`~keras_capacity.fourier.CircularEmbedding.project_kernel`).
+    (:meth:`~keras_capacity.fourier.CircularEmbedding.project_kernel`). A
+    grouped circular convolution is projected per group, as the
+    block-diagonal plain convolution it equals
+    (:func:`keras_capacity.operators.ungrouped`).
     """
+    if geometry.groups > 1:
+        # Block diagonal over the groups: the plain convolution it equals
+        # has the same spectral ball and (2,1) norm, and its projections
+        # stay block diagonal, so the blocks of its projection are this one's.
+        dense_kernel, plain = operators.ungrouped(kernel, geometry)
+        dense_initial, _ = operators.ungrouped(initial_kernel, geometry)
+        result = project(dense_kernel, dense_initial, lip, dist, plain, rounds)
+        return operators.grouped(result, geometry)
     has_lip, has_dist = np.isfinite(lip), np.isfinite(dist)
 
     def distance_ball(x):

@@ -1,9 +1,11 @@
 """Projections onto the constraint sets of SPEC §3, as tensor functions.
 
 Kernels are in Keras layouts, Dense ``(in, out)`` and Conv2D
-``(kh, kw, in, out)``; in both the input axis is the second to last, and the
-(2,1) group norm of ``D = K - K0`` takes the Euclidean norm over that axis
-for every output unit and kernel position, then sums:
+``(kh, kw, in, out)``; in both the input axis is the second to last (the
+default ``axis``; a transposed convolution's ``(..., out, in)`` kernel has
+it last, :func:`keras_capacity.linear_layers.input_axis`), and the (2,1)
+group norm of ``D = K - K0`` takes the Euclidean norm over that axis for
+every output unit and kernel position, then sums:
 
     ||D||_{2,1} = sum_j g_j,   g_j = ||D[..., :, j]||_2 over the input axis.
 
@@ -30,17 +32,17 @@ def as_dtype(value, dtype):
     return ops.cast(value, dtype) if ops.is_tensor(value) else ops.convert_to_tensor(value, dtype)
 
 
-def group_norms(delta):
-    """The group norms ``g_j`` of ``delta`` (norm over the input axis)."""
-    return ops.sqrt(ops.sum(ops.square(delta), axis=INPUT_AXIS, keepdims=True))
+def group_norms(delta, axis=INPUT_AXIS):
+    """The group norms ``g_j`` of ``delta`` (norm over the input ``axis``)."""
+    return ops.sqrt(ops.sum(ops.square(delta), axis=axis, keepdims=True))
 
 
-def l21_norm(delta):
+def l21_norm(delta, axis=INPUT_AXIS):
     """``||delta||_{2,1}``: the sum of the group norms."""
-    return ops.sum(group_norms(delta))
+    return ops.sum(group_norms(delta, axis))
 
 
-def project_l21_ball(delta, radius):
+def project_l21_ball(delta, radius, axis=INPUT_AXIS):
     """Euclidean projection of ``delta`` onto ``{D : ||D||_{2,1} <= radius}``.
 
     Group soft-thresholding: every group is shrunk by ``max(0, 1 - lam/g_j)``
@@ -51,7 +53,7 @@ def project_l21_ball(delta, radius):
     ``lam = (c_rho - radius) / rho``. Inside the ball ``delta`` is returned
     unchanged; ``radius = 0`` gives zero.
     """
-    norms = group_norms(delta)
+    norms = group_norms(delta, axis)
     flat = ops.reshape(norms, (-1,))
     radius = as_dtype(radius, delta.dtype)
     ordered = ops.flip(ops.sort(flat))
@@ -65,7 +67,7 @@ def project_l21_ball(delta, radius):
     return ops.where(inside, delta, delta * scale)
 
 
-def shrink_to_l21_ball(delta, radius):
+def shrink_to_l21_ball(delta, radius, axis=INPUT_AXIS):
     """Radial map onto the ball: ``delta * min(1, radius / ||delta||_{2,1})``.
 
     Along the segment from ``K0`` to ``K0 + delta`` the distance grows
@@ -73,7 +75,7 @@ def shrink_to_l21_ball(delta, radius):
     inside the ball.
     """
     radius = as_dtype(radius, delta.dtype)
-    return delta * ops.minimum(1.0, radius / ops.maximum(l21_norm(delta), 1e-30))
+    return delta * ops.minimum(1.0, radius / ops.maximum(l21_norm(delta, axis), 1e-30))
 
 
 def scale_to_lipschitz(kernel, sigma, lip):

@@ -6,17 +6,16 @@ import warnings
 import keras
 from keras.src.models.functional import Functional  # what keras.Model(inputs, outputs) builds
 
-from keras_capacity import binding
+from keras_capacity import binding, linear_layers
 from keras_capacity.constraints import LipDist
 
 _SETTINGS = ("lip", "dist", "mode", "n_iter", "every")
 
 
 def _supported(layer):
-    """Whether ``LipDist`` can constrain the layer's kernel."""
-    if isinstance(layer, keras.layers.Conv2D):
-        return layer.groups == 1
-    return isinstance(layer, keras.layers.Dense)
+    """Whether ``LipDist`` can constrain the layer's map: every linear
+    layer (:data:`keras_capacity.linear_layers.LINEAR_LAYERS`)."""
+    return linear_layers.is_linear(layer)
 
 
 def _settings_for(layer, defaults, overrides):
@@ -66,15 +65,21 @@ def constrain(
     """A copy of ``model`` with a :class:`LipDist` on every supported kernel.
 
     The copy (``keras.models.clone_model``) has the original weights; every
-    ``Dense`` and ungrouped ``Conv2D`` kernel gets ``LipDist(lip, dist,
-    mode=..., n_iter=..., every=...)`` and the model is bound
+    linear layer (``Dense``; ``Conv1D``/``2D``/``3D`` with any groups;
+    depthwise, separable and transposed convolutions) gets ``LipDist(lip,
+    dist, mode=..., n_iter=..., every=...)`` on its map (as its
+    ``kernel_constraint``, ``depthwise_constraint`` or, for a separable
+    layer, ``pointwise_constraint``) and the model is bound
     (:func:`keras_capacity.bind`), so kernels above ``lip`` are scaled down
-    and ``K0`` is recorded. It is ready to compile and fit.
+    and ``K0`` is recorded. It is ready to compile and fit. With
+    ``mode="orthogonal"``, give the layers that have no nearest kernel
+    (zero-padded and separable ones) ``{"mode": "radial"}`` by override,
+    or ``bind`` refuses them.
 
     Layers with trainable weights that stay unconstrained (BatchNorm,
-    depthwise or transposed convolutions, embeddings, ...) are listed in a
-    ``UserWarning``; nothing is skipped silently. A kernel constraint the
-    layer already had is replaced, with a warning.
+    embeddings, ...) are counted in one ``UserWarning`` line;
+    nothing is skipped silently. A constraint the layer's map already had
+    is replaced, with a warning.
 
     >>> model = constrain(keras.applications.ResNet50(weights=None),
     ...                   lip=2.0, dist=100,
@@ -107,9 +112,10 @@ def constrain(
         config = layer.get_config()
         settings = _settings_for(layer, defaults, overrides) if _supported(layer) else None
         if settings is not None:
-            if config.get("kernel_constraint") is not None:
+            argument = linear_layers.constraint_argument(layer)
+            if config.get(argument) is not None:
                 replaced.append(layer.name)
-            config["kernel_constraint"] = LipDist(**settings)
+            config[argument] = LipDist(**settings)
         elif layer.trainable_weights and not isinstance(layer, keras.Model):
             left_out.append(layer)
         return type(layer).from_config(config)

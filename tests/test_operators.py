@@ -1,4 +1,4 @@
-"""Operators and their adjoints, circular padding, subspace iteration."""
+"""Operators and their adjoints, circular padding, the block eigensolver."""
 
 import numpy as np
 import pytest

@@ -146,7 +146,10 @@ def install_projection_step(model, pairs):
         mapping = list(zip(variables, values, strict=True))
         with keras.StatelessScope(state_mapping=mapping) as scope:
             for layer, constraint in train_step.keras_capacity_pairs:
-                layer.kernel.assign(constraint.train_step_projection(layer.kernel))
+                # The constrained variable (a separable layer's pointwise
+                # kernel; the constraint assigns the depthwise one itself).
+                variable = getattr(layer, constraint.variable_name)
+                variable.assign(constraint.train_step_projection(variable))
         updated = []
         for variable, value in mapping:
             new = scope.get_current_value(variable)

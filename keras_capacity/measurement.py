@@ -157,30 +157,34 @@ def _layer_terms(layer, kernel, initial):
     return terms
 
 
-def _patch_norm_squares(layer, inputs):
-    """The squared l2 norm of every input patch the layer sees (all input
-    channels), by one convolution of the squared input with a ones kernel
-    in the layer's own geometry: its padding (zeros add nothing), strides
-    and dilation (float32 sums: relative error ~1e-7, far below what the
-    bounds resolve)."""
+def _patch_norm_squares(geometry, kernel_size, inputs):
+    """The squared l2 norm of every input patch a layer of this geometry
+    sees (all input channels), by one convolution of the squared input with
+    a ones kernel in the layer's own geometry: its padding (zeros add
+    nothing), strides and dilation (float32 sums: relative error ~1e-7, far
+    below what the bounds resolve). ``geometry`` ``None``: a ``Dense``
+    layer, whose one patch is the whole input."""
     x = ops.square(ops.cast(inputs, "float32"))
-    if isinstance(layer, keras.layers.Dense):
+    if geometry is None:
         return ops.sum(ops.reshape(x, (ops.shape(x)[0], -1)), axis=1)
-    geometry = dataclasses.replace(_geometry(layer), groups=1)
-    ones = ops.ones((*layer.kernel_size, x.shape[-1], 1), "float32")
+    ones = ops.ones((*kernel_size, x.shape[-1], 1), "float32")
     return operators.apply_operator(ones, x, geometry)
 
 
 class _LargestPatchNorm(keras.layers.Layer):
     """Per example, the largest squared patch norm ``layer`` sees: computed
-    inside the compiled probe, so only one number per example leaves it."""
+    inside the compiled probe, so only one number per example leaves it.
+    The layer's geometry is read here, outside the trace (reading whether
+    its constraint is bound needs a concrete value)."""
 
     def __init__(self, layer, **kwargs):
         super().__init__(**kwargs)
-        self.measured = layer
+        dense = isinstance(layer, keras.layers.Dense)
+        self.geometry = None if dense else dataclasses.replace(_geometry(layer), groups=1)
+        self.kernel_size = None if dense else tuple(layer.kernel_size)
 
     def call(self, inputs):
-        squares = _patch_norm_squares(self.measured, inputs)
+        squares = _patch_norm_squares(self.geometry, self.kernel_size, inputs)
         return ops.max(ops.reshape(squares, (ops.shape(squares)[0], -1)), axis=1)
 
     def compute_output_shape(self, input_shape):

@@ -184,7 +184,9 @@ def fit(config, setup, model, run_dir, log):
 def _evaluate(model, dataset, num_classes):
     """Mean cross-entropy, accuracy, every example's margin and the count of
     each label over the whole dataset, from one pass computed locally in
-    inference mode (the same on every worker)."""
+    inference mode (the same on every worker). An example counts as correct
+    when its margin is positive: its own score strictly above every other
+    (a tie is an error), as in :func:`keras_capacity.measure`."""
     from scipy.special import logsumexp
 
     total_loss, correct, count, margins = 0.0, 0, 0, []
@@ -194,9 +196,9 @@ def _evaluate(model, dataset, num_classes):
         labels = np.asarray(labels).astype(np.int64)
         rows = np.arange(len(labels))
         total_loss += float(np.sum(logsumexp(scores, axis=1) - scores[rows, labels]))
-        correct += int(np.sum(scores.argmax(axis=1) == labels))
-        count += len(labels)
         margins.append(network.margins_of_scores(scores, labels))
+        correct += int(np.sum(margins[-1] > 0))
+        count += len(labels)
         label_counts += np.bincount(labels, minlength=num_classes)
     return total_loss / count, correct / count, np.concatenate(margins), label_counts
 

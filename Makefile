@@ -33,7 +33,7 @@ test: lint
 	$(MAKE) test-jax
 
 test-jax: $(STAMP)
-	KERAS_BACKEND=jax $(PYTHON) -m pytest -q tests/test_jax_backend.py
+	KERAS_BACKEND=jax $(PYTHON) -m pytest -q -n 2 tests/test_jax_backend.py
 
 demo: $(STAMP)
 	$(PYTHON) train_main.py --flagfile=examples/demo.flags

@@ -5,7 +5,6 @@ workers on 127.0.0.1."""
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -316,35 +315,6 @@ def test_another_definition_is_refused(single_process):
 
 
 @pytest.mark.slow
-def test_killed_and_run_again_it_finishes(tmp_path):
-    workdir = tmp_path / "sweep"
-    command = sweep_command(workdir, "--epochs=2")
-    process = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        env=command_environment(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    for line in process.stdout:
-        if line.startswith("trial 2/3"):  # the first trial is finished
-            time.sleep(3)  # into the second
-            process.send_signal(signal.SIGKILL)
-            break
-    process.wait(timeout=60)
-    assert process.returncode == -signal.SIGKILL
-    result = subprocess.run(
-        command, cwd=ROOT, env=command_environment(), capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    trained = sessions(workdir)
-    assert trained["baseline_seed0"] == [2]  # finished before the kill: not trained again
-    assert all(sum(epochs) == 2 for epochs in trained.values()), trained
-    saved = json.loads((workdir / "sweep.json").read_text())
-    assert [t["status"] for t in saved["trials"]] == ["done"] * 3
-
-
 @pytest.mark.slow
 def test_a_chief_and_two_workers_run_every_trial_once(tmp_path, single_process):
     workdir, port = tmp_path / "sweep", str(free_port())

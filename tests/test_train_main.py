@@ -50,6 +50,46 @@ def report(*args):
     return run(list(args), program=("-m", "keras_capacity.training.report"))
 
 
+# Runs each argv through a command's own entry point in one Python process,
+# so that TensorFlow is imported once for many cases, not once per case:
+# train_main.py's absl app with the flags reset between runs, or the
+# report's main(argv). Prints one JSON list of [exit status, stdout, stderr].
+EACH_DRIVER = """
+import contextlib, io, json, sys
+from absl import app, flags
+from keras_capacity.training import cli, report
+from keras_capacity.training import flags as run_flags
+
+program, argvs = sys.argv[1], json.loads(sys.argv[2])
+if program == "train":
+    run_flags.define_flags()
+found = []
+for argv in argvs:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            if program == "train":
+                flags.FLAGS.unparse_flags()
+                argv = ["train_main.py", *argv]
+                app.run(cli._train_main, argv=argv, flags_parser=cli.parse_flags)
+                code = 0
+            else:
+                code = report.main(argv)
+        except SystemExit as stop:
+            code = stop.code
+    found.append([code, out.getvalue(), err.getvalue()])
+print(json.dumps(found))
+"""
+
+
+def run_each(program, argvs):
+    """``(exit status, stdout, stderr)`` of ``program`` (``"train"`` or
+    ``"report"``) on each argv, in one process (``EACH_DRIVER``)."""
+    result = run(["-c", EACH_DRIVER, program, json.dumps(argvs)], program=(), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [tuple(found) for found in json.loads(result.stdout.splitlines()[-1])]
+
+
 def k0_of(path):
     model = keras.models.load_model(path, compile=False)
     return {c.layer_name: c.initial_kernel.numpy() for _, c in kc.binding.constrained_layers(model)}
@@ -121,15 +161,15 @@ def test_report_command(finished_run, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert (copy / "report.md").exists()
     assert json.loads((copy / "report.json").read_text())["bounds"] == report_json["bounds"]
-    at_median = report(str(copy), "--gamma=q50")
-    assert at_median.returncode == 0, at_median.stderr[-2000:]
+    at_median, bad, *helped = run_each(
+        "report", [[str(copy), "--gamma=q50"], [str(copy), "--gamma=-1"], ["--help"], ["-h"]]
+    )
+    assert at_median[0] == 0, at_median[2][-2000:]
     assert "## Complexity bounds at gamma = " in (copy / "report.md").read_text()
     assert "50th percentile" in (copy / "report.md").read_text()
-    bad = report(str(copy), "--gamma=-1")
-    assert bad.returncode == 2 and bad.stderr.startswith("error: --gamma='-1' must be")
-    for flag in ("--help", "-h"):
-        helped = report(flag)
-        assert helped.returncode == 0 and "usage: keras-capacity-report" in helped.stdout
+    assert bad[0] == 2 and bad[2].startswith("error: --gamma='-1' must be")
+    for code, stdout, _ in helped:
+        assert code == 0 and "usage: keras-capacity-report" in stdout
 
 
 def damaged_copies(run_dir, tmp_path):
@@ -160,16 +200,20 @@ def test_report_on_damaged_runs_is_one_line(finished_run, tmp_path):
     import re
 
     run_dir, _ = finished_run
-    for index, (name, damage, message) in enumerate(damaged_copies(run_dir, tmp_path)):
+    copies, cases = [], damaged_copies(run_dir, tmp_path)
+    for index, (name, damage, _) in enumerate(cases):
         copy = tmp_path / f"run{index}"
         shutil.copytree(run_dir, copy)
         os.remove(copy / "report.md")
         damage(copy / name)
-        before = {p: os.path.getmtime(copy / p) for p in os.listdir(copy)}
-        result = report(str(copy))
-        assert result.returncode == 2, (name, result.stdout[-500:], result.stderr[-2000:])
-        errors = [line for line in result.stderr.splitlines() if line.strip()]
-        assert len(errors) == 1 and errors[0].startswith("error: "), result.stderr[-2000:]
+        copies.append((copy, {p: os.path.getmtime(copy / p) for p in os.listdir(copy)}))
+    found = run_each("report", [[str(copy)] for copy, _ in copies])
+    for (copy, before), (name, _, message), (code, _, stderr) in zip(
+        copies, cases, found, strict=True
+    ):
+        assert code == 2, (name, stderr[-2000:])
+        errors = [line for line in stderr.splitlines() if line.strip()]
+        assert len(errors) == 1 and errors[0].startswith("error: "), stderr[-2000:]
         assert re.search(message, errors[0]), errors[0]
         assert {
             p: os.path.getmtime(copy / p) for p in os.listdir(copy)
@@ -185,41 +229,48 @@ def test_summary_damage_ends_the_training_command_in_one_line(finished_run, tmp_
     assert result.stderr.strip().count("\n") == 0 and "summary.json is damaged" in result.stderr
 
 
-@pytest.mark.parametrize(
-    "args,message",
-    [
-        (["--lip=0,1.5,-1,2"], "error: --lip entry 1 (first) must be > 0"),
-        (["--seed=-1"], "error: --seed must be >= 0"),
-        (["--n_channels=0"], "error: --n_channels must be >= 1"),
-        (["--lr=nan"], "error: --lr must be a finite number"),
-        (["--milestones=-5,-3"], "error: --milestones must be increasing epochs >= 1"),
-        (["--momentum=1.5"], "error: --momentum"),
-        (["--dataset=mnist"], "error: --dataset: unknown value 'mnist'"),
-        (["--optimizer=rmsprop"], "error: flag --optimizer=rmsprop: value should be one of"),
-        (["--epochs=abc"], "error: flag --epochs=abc: invalid literal"),
-        (["--no_such_flag=3"], "error: Unknown command line flag 'no_such_flag'"),
-        (
-            ["--strategy=mirrored", "--cpu_devices=2", "--bs=63"],
-            "error: --bs=63 is not divisible by the 2",
-        ),
-        (["--strategy=multi_worker"], "error: --strategy=multi_worker needs TF_CONFIG"),
-        (
-            ["--flagfile=/nonexistent/missing.flags"],
-            "error: Unable to open flagfile: [Errno 2] No such file or directory: "
-            "'/nonexistent/missing.flags'",
-        ),
-    ],
+BAD_INPUT = (
+    (["--lip=0,1.5,-1,2"], "error: --lip entry 1 (first) must be > 0"),
+    (["--seed=-1"], "error: --seed must be >= 0"),
+    (["--n_channels=0"], "error: --n_channels must be >= 1"),
+    (["--lr=nan"], "error: --lr must be a finite number"),
+    (["--milestones=-5,-3"], "error: --milestones must be increasing epochs >= 1"),
+    (["--momentum=1.5"], "error: --momentum"),
+    (["--dataset=mnist"], "error: --dataset: unknown value 'mnist'"),
+    (["--optimizer=rmsprop"], "error: flag --optimizer=rmsprop: value should be one of"),
+    (["--epochs=abc"], "error: flag --epochs=abc: invalid literal"),
+    (["--no_such_flag=3"], "error: Unknown command line flag 'no_such_flag'"),
+    (
+        ["--strategy=mirrored", "--cpu_devices=2", "--bs=63"],
+        "error: --bs=63 is not divisible by the 2",
+    ),
+    (["--strategy=multi_worker"], "error: --strategy=multi_worker needs TF_CONFIG"),
+    (
+        ["--flagfile=/nonexistent/missing.flags"],
+        "error: Unable to open flagfile: [Errno 2] No such file or directory: "
+        "'/nonexistent/missing.flags'",
+    ),
 )
-def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
+
+
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path):
     """The README's promise: one line, ``error: ...``, exit status 2, for
-    the settings the config checks and for those absl's parser rejects."""
-    run_dir = tmp_path / "never"
-    result = run(SMALL + args + [f"--logdir={run_dir}"], timeout=120)
-    assert result.returncode == 2, (args, result.stderr[-3000:])
-    errors = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(errors) == 1 and errors[0].startswith(message), result.stderr[-3000:]
-    assert not result.stdout.strip(), result.stdout[-2000:]
-    assert not run_dir.exists(), args
+    the settings the config checks and for those absl's parser rejects;
+    the first case as its own process (standard error whole, TensorFlow's
+    start-up included), the others through the same entry point in one."""
+    cases = [
+        (SMALL + args + [f"--logdir={tmp_path / str(i)}"], m)
+        for i, (args, m) in enumerate(BAD_INPUT)
+    ]
+    alone = run(cases[0][0], timeout=120)
+    found = [(alone.returncode, alone.stdout, alone.stderr)]
+    found += run_each("train", [argv for argv, _ in cases[1:]])
+    for (argv, message), (code, stdout, stderr) in zip(cases, found, strict=True):
+        assert code == 2, (argv, stderr[-3000:])
+        errors = [line for line in stderr.splitlines() if line.strip()]
+        assert len(errors) == 1 and errors[0].startswith(message), stderr[-3000:]
+        assert not stdout.strip(), stdout[-2000:]
+    assert not os.listdir(tmp_path)
 
 
 def test_missing_cifar_is_one_line_within_seconds(tmp_path):

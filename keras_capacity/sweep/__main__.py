@@ -166,9 +166,13 @@ def describe(summary, axes, workdir):
 
 
 def main():
-    """``python -m keras_capacity.sweep`` / ``keras-capacity-sweep``."""
+    """``python -m keras_capacity.sweep`` / ``keras-capacity-sweep``; a
+    flag absl refuses is one ``error:`` line (exit 2), as in the training
+    program."""
+    from keras_capacity.training.cli import parse_flags
+
     define_flags()
-    app.run(_main)
+    app.run(_main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -113,7 +113,7 @@ def projection_costs(model, move, repeats=20, seed=0):
     costs = []
     for layer, constraint in kc.binding.constrained_layers(model):
         k0 = constraint.initial_kernel
-        state = tuple(keras.ops.convert_to_tensor(v) for v in constraint.estimator_state)
+        state = tuple(keras.ops.convert_to_tensor(v) for v in constraint.projection_state)
 
         def estimate(value, state, estimator=constraint.estimator):
             return estimator.in_graph(value, state, 1)

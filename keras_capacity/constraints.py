@@ -23,7 +23,8 @@ the estimate lag until later projections catch up.
 
 **State.** ``LipDist`` is also a Keras layer (with no trainable weights)
 tracked by the layer it constrains: ``K0``, the step count and the
-estimator's state are saved by ``model.save``, ``save_weights`` and
+projection's state (the radial estimator's; the orthogonal projection's
+per-block bounds, :mod:`keras_capacity.screen`) are saved by ``model.save``, ``save_weights`` and
 ``keras.callbacks.BackupAndRestore``, and restored by ``load_model`` and
 ``load_weights``, so a loaded model keeps measuring from the original
 ``K0``. They appear in ``model.summary()`` as non-trainable parameters.
@@ -50,6 +51,7 @@ from keras_capacity import (
     operators,
     orthogonal,
     radial,
+    screen,
     separable,
 )
 
@@ -137,7 +139,10 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
         object.__setattr__(self, "partner", None)
         self.layer_name = None
         self.estimator = None
-        self.estimator_state = ()
+        # mode="orthogonal": the per-block screen (keras_capacity.screen).
+        self.screen = None
+        # The radial estimator's state, or the orthogonal screen's.
+        self.projection_state = ()
         self.projects_in_model_step = False
 
     @property
@@ -223,20 +228,28 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
                 shape=partner_shape, dtype=dtype, name="initial_depthwise", **state
             )
         if self.has_lipschitz and self.mode == "radial":
-            self.estimator = lipschitz_estimators.choose(geometry, map_shape)
-            self.estimator_state = tuple(
+            self.estimator = lipschitz_estimators.choose(geometry, map_shape, self.lip)
+            self.projection_state = tuple(
                 self.add_weight(shape=shape, dtype=dtype, name=name, **state)
                 for name, shape in self.estimator.state_shapes().items()
             )
         self.steps = self.add_weight(shape=(), dtype="int32", name="steps", **state)
         self.initialized = self.add_weight(shape=(), dtype="int32", name="initialized", **state)
+        if self.has_lipschitz and self.mode == "orthogonal" and self.n_iter == 1:
+            # After the others, so that files saved before the screen load.
+            self.screen = screen.choose(geometry, map_shape)
+            if self.screen is not None:
+                self.projection_state = tuple(
+                    self.add_weight(shape=shape, dtype=dtype, name=name, **state)
+                    for name, shape in self.screen.state_shapes().items()
+                )
 
     @property
     def power_vectors(self):
         """The tracked singular directions (where the estimate is tracked)."""
         if not self.tracks_directions:
             raise AttributeError("power_vectors: this LipDist tracks no directions.")
-        return self.estimator_state[0]
+        return self.projection_state[0]
 
     def attach(self, partner):
         """Gives a separable layer's constraint the layer's depthwise kernel
@@ -275,10 +288,13 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
             else:
                 sigma, state = self.estimator.exact(map_kernel.astype(kernel.dtype), ())
                 sigma = float(sigma)
-                self._store(state)
+                if state:  # the tracked directions (a screen starts below)
+                    self._store(state)
             if sigma > self.lip:
                 kernel = (kernel * (self.lip / sigma)).astype(kernel.dtype)
                 kernel_variable.assign(kernel)
+        if self._block_screen is not None:
+            self._store(self._block_screen.start(kernel))
         self.initial_kernel.assign(kernel)
         if self.layout == linear_layers.SEPARABLE_LAYOUT:
             self.initial_depthwise.assign(ops.convert_to_numpy(self.partner))
@@ -286,7 +302,7 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
         self.initialized.assign(1)
 
     def _store(self, state):
-        for variable, value in zip(self.estimator_state, state, strict=True):
+        for variable, value in zip(self.projection_state, state, strict=True):
             variable.assign(value)
 
     def _require_bound(self, w):
@@ -346,7 +362,11 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
         shape = kernel.shape
         kernel = linear_layers.to_map_kernel(kernel, self.layout)
         k0 = linear_layers.to_map_kernel(k0, self.layout)
-        if self.mode == "orthogonal":
+        if self.mode == "orthogonal" and self.screen is not None and n_iter == 1:
+            kernel, state = orthogonal.project_screened(
+                kernel, k0, self.lip, self.dist, self.screen, state
+            )
+        elif self.mode == "orthogonal":
             kernel = orthogonal.project(kernel, k0, self.lip, self.dist, self.geometry, n_iter)
         else:
             axis = linear_layers.input_axis(self.geometry)
@@ -373,7 +393,7 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
         kernel = self._checked(kernel)
         n_iter = self.n_iter if n_iter is None else _positive_int("n_iter", n_iter)
 
-        state = tuple(ops.convert_to_numpy(v) for v in self.estimator_state)
+        state = tuple(ops.convert_to_numpy(v) for v in self.projection_state)
         exact = self.estimator.exact if self.estimator else None
         kernel, partners, state = self._projected(
             kernel, self._partners(), state, n_iter, exact, compiled=False
@@ -388,7 +408,7 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
         self._require_bound(w)
         self.steps.assign_add(1)
         step = ops.convert_to_tensor(self.steps)
-        state = tuple(ops.convert_to_tensor(v) for v in self.estimator_state)
+        state = tuple(ops.convert_to_tensor(v) for v in self.projection_state)
         partners = self._partners()
 
         def projected():
@@ -425,6 +445,26 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
         return w  # the model's train step projects it next (see keras_capacity.backend.jax)
 
     # --------------------------------------------------------- serialization
+
+    @property
+    def _block_screen(self):
+        """The per-block screen whose state this constraint keeps (the
+        orthogonal projection's, or the radial estimator's), or ``None``."""
+        return self.screen or getattr(self.estimator, "screen", None)
+
+    def load_own_variables(self, store):
+        """Keras's loading, also of files saved before the per-block screens
+        kept state (:mod:`keras_capacity.screen`): there their bounds start
+        unknown, so the first projection decomposes every block."""
+        if self._block_screen is not None:
+            kept = [v for v in self.variables if all(v is not s for s in self.projection_state)]
+            if len(store.keys()) == len(kept):
+                for i, variable in enumerate(kept):
+                    variable.assign(store[f"{i}"])
+                zeros = np.zeros(self.kernel_shape, self.initial_kernel.dtype)
+                self._store(self._block_screen.start(zeros))
+                return
+        super().load_own_variables(store)
 
     def get_config(self):
         config = {

@@ -150,12 +150,19 @@ class LatticePairs:
         self.theta_real, self.theta_complex = theta[own_conjugate], theta[~own_conjugate]
         self.weights_real, self.weights_complex = weights[own_conjugate], weights[~own_conjugate]
 
-    def grams(self, kernel):
+    @property
+    def counts(self):
+        """``(real, complex)``: how many blocks of each kind :meth:`grams` gives."""
+        return len(self.theta_real), len(self.theta_complex)
+
+    def grams(self, kernel, index=None):
         """``sum_f A(f) A(f)^H / S`` over the aliases of every output
         frequency: the DFT, on the output grid, of the autocorrelation
         ``sum K_p^T K_q`` at the lattice offsets, as ``(real, complex)``
         batches ``(frequencies, out, out)``: the frequencies that are their
-        own conjugates give real matrices (``None`` where there are none)."""
+        own conjugates give real matrices (``None`` where there are none).
+        ``index``: ``(real rows, complex rows)`` (integer tensors) to form
+        only those blocks, in that order."""
         taps = _taps(kernel, self.kernel_shape)
         channels_out = self.kernel_shape[3]
         products = ops.matmul(
@@ -163,45 +170,68 @@ class LatticePairs:
         )
         products = ops.reshape(products, (len(self.p), channels_out * channels_out))
         shape = (-1, channels_out, channels_out)
+        real_rows, complex_rows = (None, None) if index is None else index
 
-        def dft(phase):
-            return ops.reshape(
-                ops.matmul(ops.convert_to_tensor(phase, kernel.dtype), products), shape
-            )
+        def dft(phase, rows):
+            phase = ops.convert_to_tensor(phase, kernel.dtype)
+            if rows is not None:
+                phase = ops.take(phase, rows, axis=0)
+            return ops.reshape(ops.matmul(phase, products), shape)
 
-        real = dft(np.cos(self.theta_real)) if len(self.theta_real) else None
+        real = dft(np.cos(self.theta_real), real_rows) if len(self.theta_real) else None
         other = None
         if len(self.theta_complex):
             other = backend.complex(
-                dft(np.cos(self.theta_complex)), dft(-np.sin(self.theta_complex))
+                dft(np.cos(self.theta_complex), complex_rows),
+                dft(-np.sin(self.theta_complex), complex_rows),
             )
         return real, other
 
-    def multiply(self, kernel, real, other):
+    def block_frobenius(self, delta):
+        """``||X(g)||_F`` of every block of the kernel ``delta`` (the real
+        frequencies first, then the complex ones, as :meth:`grams`): the
+        square root of its Gram matrix's trace, which is the DFT of the tap
+        pairs' inner products ``<K_p, K_q>`` (the imaginary parts of the
+        pairs ``(p, q)``, ``(q, p)`` cancel). One product of a (blocks x
+        pairs) matrix with a vector: no Gram matrix is formed."""
+        flat = ops.reshape(delta, (self.kernel_shape[0] * self.kernel_shape[1], -1))
+        inner = ops.sum(ops.take(flat, self.p, axis=0) * ops.take(flat, self.q, axis=0), axis=1)
+        phase = np.cos(np.concatenate([self.theta_real, self.theta_complex]))
+        squares = ops.matmul(ops.convert_to_tensor(phase, delta.dtype), inner)
+        return ops.sqrt(ops.maximum(squares, 0.0))
+
+    def multiply(self, kernel, real, other, index=None):
         """The kernel whose every spectrum matrix ``M(f)`` (on its input
         grid) is replaced by ``M(f) T(f)``, restricted to the kernel's taps.
 
         ``T`` (``out x out``, periodic on the output grid) is given as
         ``real, other`` at the frequencies of :meth:`grams` (and is
         Hermitian-symmetric, ``T(-f)`` the conjugate of ``T(f)``, as a
-        function of those Gram matrices is). In space this is the kernel
-        convolved with ``T``'s inverse DFT, which lives on the stride
-        lattice, so tap ``p`` gets ``sum_q K_q T^(x_q - x_p)`` over the lattice
-        pairs.
+        function of those Gram matrices is); with ``index`` (as for
+        :meth:`grams`) only at those rows, ``T`` being zero elsewhere. In
+        space this is the kernel convolved with ``T``'s inverse DFT, which
+        lives on the stride lattice, so tap ``p`` gets ``sum_q K_q T^(x_q -
+        x_p)`` over the lattice pairs.
         """
         channels_out = self.kernel_shape[3]
+        real_rows, complex_rows = (None, None) if index is None else index
 
-        def inverse(weights, theta, part, trig):
+        def inverse(weights, theta, part, trig, rows):
             # T^(-d) = sum_f w_f Re(T(f) e^{-i theta}) for every pair's d.
             flat = ops.reshape(part, (-1, channels_out * channels_out))
-            return ops.matmul(ops.convert_to_tensor((weights * trig(theta)).T, kernel.dtype), flat)
+            phase = ops.convert_to_tensor((weights * trig(theta)).T, kernel.dtype)
+            if rows is not None:
+                phase = ops.take(phase, rows, axis=1)
+            return ops.matmul(phase, flat)
 
         terms = []
         if real is not None:
-            terms.append(inverse(self.weights_real, self.theta_real, real, np.cos))
+            terms.append(inverse(self.weights_real, self.theta_real, real, np.cos, real_rows))
         if other is not None:
-            terms.append(inverse(self.weights_complex, self.theta_complex, ops.real(other), np.cos))
-            terms.append(inverse(self.weights_complex, self.theta_complex, ops.imag(other), np.sin))
+            for part, trig in ((ops.real(other), np.cos), (ops.imag(other), np.sin)):
+                terms.append(
+                    inverse(self.weights_complex, self.theta_complex, part, trig, complex_rows)
+                )
         spatial = ops.reshape(sum(terms), (len(self.p), channels_out, channels_out))
         taps = _taps(kernel, self.kernel_shape)
         result = ops.segment_sum(

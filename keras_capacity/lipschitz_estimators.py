@@ -20,7 +20,9 @@ Both take and return the estimator's state (a tuple of arrays, kept by
   at every (kept) pixel, so its norm is that matrix's, found as for Dense.
 * :class:`ExactFourier`, for circular convolutions (grouped ones too)
   within :data:`keras_capacity.fourier.EXACT_COST_LIMIT`: the exact norm
-  by FFT (:func:`keras_capacity.fourier.spectral_norm`); no state.
+  by FFT (:func:`keras_capacity.fourier.spectral_norm`); where the blocks
+  can be screened (:func:`keras_capacity.screen.applies`), only those that
+  may exceed ``lip`` are decomposed, with the screen's bounds as state.
 * :class:`TrackedSubspace`, for every other layer (zero-padded
   convolutions above all, depthwise, grouped, 1-D, 3-D, transposed and
   separable ones included: the iteration runs on the layer's own map,
@@ -45,7 +47,7 @@ Both take and return the estimator's state (a tuple of arrays, kept by
 import numpy as np
 from keras import ops
 
-from keras_capacity import backend, exact_norms, fourier, operators, projections
+from keras_capacity import backend, exact_norms, fourier, operators, projections, screen
 
 # Singular directions tracked by the in-graph block eigensolver; a random
 # probe of weight PROBE_WEIGHT is mixed into the weakest of them at every
@@ -117,10 +119,33 @@ def is_pointwise(geometry, kernel_shape):
 
 
 class ExactFourier(Estimator):
-    """The exact norm of a circular convolution, by FFT, in the graph."""
+    """The exact norm of a circular convolution, by FFT, in the graph.
+
+    With a :class:`~keras_capacity.screen.BlockScreen` (``lip`` given and
+    the blocks screenable), the train step's value is exact where it
+    exceeds ``lip`` and an upper bound at most ``lip`` otherwise (where the
+    radial projection leaves the kernel as it is), and only the blocks the
+    screen cannot certify are decomposed. Its state is then the screen's,
+    for the kernel as the radial projection rescales it.
+    """
+
+    def __init__(self, geometry, kernel_shape, lip=None):
+        super().__init__(geometry, kernel_shape)
+        self.lip = lip
+        self.screen = None if lip is None else screen.choose(geometry, self.kernel_shape)
+
+    def state_shapes(self):
+        return {} if self.screen is None else self.screen.state_shapes()
 
     def in_graph(self, kernel, state, step):
-        return fourier.spectral_norm(kernel, self.geometry), state
+        if self.screen is None:
+            return fourier.spectral_norm(kernel, self.geometry), state
+        bounds = self.screen.carried(state, kernel)
+        norm, bounds = self.screen.norm(kernel, bounds, self.lip)
+        scale = ops.minimum(
+            1.0, projections.as_dtype(self.lip, norm.dtype) / ops.maximum(norm, 1e-30)
+        )
+        return norm, (kernel * scale, bounds * scale)
 
 
 class TrackedSubspace(Estimator):
@@ -171,14 +196,15 @@ class TrackedSubspace(Estimator):
         return sigma, (block,)
 
 
-def choose(geometry, kernel_shape):
+def choose(geometry, kernel_shape, lip=None):
     """The estimator for a layer acting as ``geometry`` (its map kernel of
     ``kernel_shape``): exact for Dense kernels, ``1 x 1`` convolutions and
-    circular convolutions within their cost limits, tracked otherwise."""
+    circular convolutions within their cost limits (screened against
+    ``lip``, where given), tracked otherwise."""
     if geometry.kind == operators.DENSE and min(kernel_shape) <= EXACT_DENSE_LIMIT:
         return ExactDense(geometry, kernel_shape)
     if is_pointwise(geometry, kernel_shape):
         return ExactPointwise(geometry, kernel_shape)
     if fourier.has_exact_norm(geometry, kernel_shape):
-        return ExactFourier(geometry, kernel_shape)
+        return ExactFourier(geometry, kernel_shape, lip)
     return TrackedSubspace(geometry, kernel_shape)

@@ -14,8 +14,9 @@ they run inside the compiled train step.
 """
 
 import numpy as np
+from keras import ops
 
-from keras_capacity import fourier, operators, projections
+from keras_capacity import fourier, operators, projections, screen
 
 
 def project(kernel, initial_kernel, lip, dist, geometry, rounds):
@@ -84,3 +85,34 @@ def project(kernel, initial_kernel, lip, dist, geometry, rounds):
     if has_dist:
         result = initial_kernel + projections.shrink_to_l21_ball(result - initial_kernel, dist)
     return result
+
+
+def project_screened(kernel, initial_kernel, lip, dist, block_screen, state):
+    """``(kernel, state)``: the one-round projection of :func:`project`
+    (``rounds=1``, a finite ``lip``) of an output-side circular convolution,
+    decomposing only the frequency blocks that the
+    :class:`~keras_capacity.screen.BlockScreen` cannot certify to lie in the
+    ball; ``state`` is the screen's (a kernel and bounds on its blocks),
+    returned for the projected kernel. The same steps as :func:`project`:
+    the distance ball, the clipping, the feasibility rescale by the exact
+    norm where it exceeds ``lip`` (unless the taps fill the grid), the
+    segment toward ``K0``."""
+    has_dist = np.isfinite(dist)
+    if has_dist:
+        kernel = initial_kernel + projections.project_l21_ball(kernel - initial_kernel, dist)
+    bounds = block_screen.carried(state, kernel)
+    clipped, bounds = block_screen.clip(kernel, bounds, lip)
+    if block_screen.covers_grid:
+        ceiling = projections.as_dtype(lip * (1.0 + screen.INFLATION), bounds.dtype)
+        bounds = ops.minimum(bounds, ceiling)
+    else:
+        bounds = block_screen.carried((kernel, bounds), clipped)
+        norm, bounds = block_screen.norm(clipped, bounds, lip)
+        scale = ops.minimum(1.0, projections.as_dtype(lip, norm.dtype) / ops.maximum(norm, 1e-30))
+        clipped, bounds = clipped * scale, bounds * scale
+    if has_dist:
+        delta = projections.shrink_to_l21_ball(clipped - initial_kernel, dist)
+        shrunk = initial_kernel + delta
+        bounds = block_screen.carried((clipped, bounds), shrunk)
+        clipped = shrunk
+    return clipped, (clipped, bounds)

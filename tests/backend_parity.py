@@ -17,7 +17,7 @@ import numpy as np
 from keras import ops
 
 import keras_capacity as kc
-from keras_capacity import bounds, fourier, models, orthogonal, radial
+from keras_capacity import bounds, fourier, models, orthogonal, radial, screen
 
 RNG = np.random.default_rng(7)
 
@@ -79,6 +79,7 @@ def _projections(out):
                     1,
                 )
                 out[f"{name}/{mode}/train_step"] = ops.convert_to_numpy(step)
+                _screened_steps(out, f"{name}/{mode}", moved, k0, constraint.geometry)
             elif not constraint.tracks_directions:  # the exact in-graph norms
                 step, _ = radial.project(
                     ops.convert_to_tensor(moved),
@@ -87,13 +88,31 @@ def _projections(out):
                     1.5,
                     1,
                     lambda v, s, c=constraint: c.estimator.in_graph(v, s, 1),
-                    (),
+                    tuple(ops.convert_to_tensor(v) for v in constraint.projection_state),
                 )
                 out[f"{name}/{mode}/train_step"] = ops.convert_to_numpy(step)
             if fourier.is_circular(constraint.geometry):
                 out[f"{name}/{mode}/fourier_norm"] = np.float64(
                     fourier.spectral_norm(ops.convert_to_tensor(moved), constraint.geometry)
                 )
+
+
+def _screened_steps(out, key, moved, k0, geometry):
+    """Two screened one-round projections (keras_capacity.screen), the
+    first with every bound unknown, the second from its state after a
+    small move, where the layer's blocks can be screened."""
+    block_screen = screen.choose(geometry, k0.shape)
+    if block_screen is None:
+        return
+    state = block_screen.start(k0)
+    kernel = ops.convert_to_tensor(moved)
+    for turn in ("cold", "warm"):
+        kernel, state = orthogonal.project_screened(
+            kernel, ops.convert_to_tensor(k0), 0.5, 1.5, block_screen, state
+        )
+        out[f"{key}/screened_{turn}"] = ops.convert_to_numpy(kernel)
+        out[f"{key}/screened_{turn}_bounds"] = ops.convert_to_numpy(state[1])
+        kernel = kernel + 1e-3 * RNG.standard_normal(k0.shape).astype(np.float32)
 
 
 def _layers(out):

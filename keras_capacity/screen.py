@@ -1,0 +1,208 @@
+"""Certified per-block screens, so that a projection decomposes only the
+frequency blocks that can exceed the bound.
+
+A circular convolution is block diagonal in the Fourier basis: one block
+``X(g)`` per output frequency (its aliases stacked; one of each conjugate
+pair, :class:`keras_capacity.fourier.LatticePairs`), and ``Lip(K) =
+max_g sigma_max(X(g))``. Projecting onto ``{Lip <= lip}`` changes only the
+blocks with ``sigma_max(X(g)) > lip``, and the exact norm is decided by
+them alone. Between two kernels ``K`` and ``K'``, Weyl's inequality bounds
+every block without decomposing it:
+
+    sigma_max(X_K'(g)) <= sigma_max(X_K(g)) + ||X_K'(g) - X_K(g)||_F,
+
+and the last term is one product of a (blocks x tap pairs) matrix with the
+change's tap inner products
+(:meth:`~keras_capacity.fourier.LatticePairs.block_frobenius`). A
+:class:`BlockScreen`'s state is a kernel and an upper bound on every block
+of it; any later kernel's bounds follow from it (:meth:`BlockScreen.carried`),
+and only the blocks whose bound exceeds ``lip`` are decomposed, exactly
+(``eigh`` of their Gram matrices), which refreshes their bounds. Unknown
+bounds (``inf``: a constraint just bound or loaded without them) make the
+first projection decompose every block.
+
+Shapes stay static (XLA, JAX): a compiled conditional decomposes none of
+the blocks, or :data:`CAPACITIES` of each kind (real and complex Gram
+matrices: the smallest share that holds every block above ``lip``), or
+all of them. Every bound kept, carried or decomposed, is inflated by
+:data:`INFLATION` relative, above the float32 rounding of the products and
+eigenvalues it comes from (about ``1e-7`` in the tests), so bounds stay
+upper bounds over any number of projections; a block whose bound creeps
+up to ``lip`` is decomposed and its bound made exact again.
+
+Measured on the paper's networks (``benchmarks/active_blocks.py``): after
+the first projection about 2% of the blocks need a decomposition.
+"""
+
+import math
+
+import numpy as np
+from keras import ops
+
+from keras_capacity import backend, fourier
+
+# The blocks of each kind the smaller branches decompose, as fractions.
+CAPACITIES = (1 / 32, 1 / 4)
+# Relative inflation of every carried bound (float32 rounding is ~1e-6).
+INFLATION = 1e-5
+UNKNOWN = math.inf
+
+
+def applies(geometry, kernel_shape):
+    """Whether the blocks are screened: an ungrouped circular convolution
+    whose strides divide its input and whose Gram matrices are on the
+    output side (:func:`keras_capacity.fourier.plan`), the path where the
+    projection works on the kernel's taps."""
+    return (
+        fourier.is_circular(geometry)
+        and geometry.groups == 1
+        and fourier.strides_divide(geometry)
+        and fourier.plan(geometry, kernel_shape)[0] == "output"
+    )
+
+
+def _excess_shrinkage(gram, lip):
+    """``(V diag(min(1, lip / s) - 1) V^H, s_max)`` from the Gram matrices
+    ``M^H M = V diag(s^2) V^H``: ``M`` plus ``M`` times the first is ``M``
+    with its singular values clipped at ``lip``, and it is exactly zero
+    for a matrix already inside the ball."""
+    values, vectors = backend.eigh(gram)
+    singular = ops.sqrt(ops.maximum(values, 0.0))
+    factor = ops.minimum(1.0, lip / ops.maximum(singular, 1e-30)) - 1.0
+    scaled = vectors * ops.expand_dims(ops.cast(factor, vectors.dtype), -2)
+    excess = backend.matmul(scaled, ops.conj(ops.swapaxes(vectors, -1, -2)))
+    return excess, singular[..., -1]
+
+
+class BlockScreen:
+    """Upper bounds on every block of one layer's circular convolution,
+    carried from projection to projection, and the clipping and exact
+    norm that decompose only the blocks above ``lip``."""
+
+    def __init__(self, geometry, kernel_shape):
+        self.kernel_shape = tuple(int(d) for d in kernel_shape)
+        self.pairs = fourier.LatticePairs(geometry, self.kernel_shape)
+        self.counts = self.pairs.counts
+        # Per branch, (real, complex) blocks decomposed; the last one all.
+        tiers = [
+            tuple(min(n, max(1, math.ceil(share * n))) for n in self.counts) for share in CAPACITIES
+        ]
+        self.capacities = sorted(set(tiers) - {self.counts}) + [self.counts]
+        # The taps fill the grid: the clipped kernel is clipped exactly.
+        self.covers_grid = fourier.CircularEmbedding(geometry, self.kernel_shape).covers_grid
+
+    def state_shapes(self):
+        """``{name: shape}`` of the state ``LipDist`` keeps."""
+        return {"screened_kernel": self.kernel_shape, "block_bounds": (sum(self.counts),)}
+
+    def start(self, kernel):
+        """The state for ``kernel`` with every bound unknown (numpy)."""
+        kernel = np.asarray(kernel)
+        return kernel, np.full(sum(self.counts), UNKNOWN, kernel.dtype)
+
+    def carried(self, state, kernel):
+        """Upper bounds on ``kernel``'s blocks from ``state`` (a kernel and
+        bounds on its blocks), by Weyl's inequality."""
+        last, bounds = (ops.convert_to_tensor(x, kernel.dtype) for x in state)
+        change = self.pairs.block_frobenius(kernel - last)
+        return (bounds + change) * (1.0 + INFLATION)
+
+    # -------------------------------------------------------------- selection
+
+    @property
+    def _offsets(self):
+        """Where each kind's bounds start in the bounds vector."""
+        return (0, self.counts[0])
+
+    def _above(self, bounds, lip):
+        """How many blocks of each kind have a bound above ``lip``."""
+        above = ops.cast(bounds > lip, "int32")
+        return ops.sum(above[: self.counts[0]]), ops.sum(above[self.counts[0] :])
+
+    def _rows(self, bounds, capacities):
+        """``(real rows, complex rows)`` to decompose: of each kind, the
+        ``capacities`` with the largest bounds (which hold every bound above
+        ``lip`` where that branch is taken)."""
+        rows = []
+        for offset, count, capacity in zip(self._offsets, self.counts, capacities, strict=True):
+            if count == 0:
+                rows.append(None)
+            elif capacity == count:
+                rows.append(ops.arange(count, dtype="int32"))
+            else:
+                part = bounds[offset : offset + count]
+                rows.append(ops.cast(ops.top_k(part, capacity, sorted=False)[1], "int32"))
+        return tuple(rows)
+
+    def _refreshed(self, bounds, rows, values, margin=1.0 + INFLATION):
+        """``bounds`` with the exact ``values`` at the decomposed ``rows``,
+        times ``margin`` (above their float32 rounding)."""
+        flat_rows, flat_values = [], []
+        for offset, part_rows, part_values in zip(self._offsets, rows, values, strict=True):
+            if part_rows is not None:
+                flat_rows.append(part_rows + offset)
+                flat_values.append(ops.cast(part_values, bounds.dtype) * margin)
+        indices = ops.expand_dims(ops.concatenate(flat_rows, axis=0), -1)
+        return ops.scatter_update(bounds, indices, ops.concatenate(flat_values, axis=0))
+
+    def _screened(self, bounds, lip, decompose, skip):
+        """``skip()`` where no bound exceeds ``lip``; else
+        ``decompose(capacities)`` with the first capacities that hold each
+        kind's count of bounds above ``lip``."""
+        above_real, above_complex = self._above(bounds, lip)
+
+        def branch(tier):
+            capacities = self.capacities[tier]
+            if tier == len(self.capacities) - 1:
+                return decompose(capacities)
+            fits = ops.logical_and(above_real <= capacities[0], above_complex <= capacities[1])
+            return ops.cond(fits, lambda: decompose(capacities), lambda: branch(tier + 1))
+
+        return ops.cond(above_real + above_complex == 0, skip, lambda: branch(0))
+
+    # ------------------------------------------------------------- operations
+
+    def clip(self, kernel, bounds, lip):
+        """``(kernel', bounds)``: ``kernel'`` has every block's singular
+        values clipped at ``lip`` on its input grid, restricted to the
+        kernel's taps (as
+        :meth:`~keras_capacity.fourier.CircularEmbedding.project_kernel`);
+        ``bounds`` are ``kernel``'s (the input's), exact at the blocks
+        decomposed."""
+        lip = ops.convert_to_tensor(lip, kernel.dtype)
+
+        def decompose(capacities):
+            rows = self._rows(bounds, capacities)
+            grams = self.pairs.grams(kernel, rows)
+            parts = [None if g is None else _excess_shrinkage(g, lip) for g in grams]
+            excess = [None if p is None else p[0] for p in parts]
+            change = self.pairs.multiply(kernel, *excess, index=rows)
+            top = [None if p is None else p[1] for p in parts]
+            return kernel + change, self._refreshed(bounds, rows, top)
+
+        return self._screened(bounds, lip, decompose, lambda: (kernel, bounds))
+
+    def norm(self, kernel, bounds, lip):
+        """``(norm, bounds)``: an upper bound on ``Lip(kernel)`` that is the
+        exact norm where that exceeds ``lip``, and the bounds made exact at
+        the blocks decomposed for it."""
+        lip = ops.convert_to_tensor(lip, kernel.dtype)
+
+        def decompose(capacities):
+            rows = self._rows(bounds, capacities)
+            grams = self.pairs.grams(kernel, rows)
+            top = [
+                None
+                if g is None
+                else ops.sqrt(ops.maximum(ops.max(backend.eigvalsh(g), axis=-1), 0.0))
+                for g in grams
+            ]
+            exact = self._refreshed(bounds, rows, top, margin=1.0)
+            return ops.max(exact), self._refreshed(bounds, rows, top)
+
+        return self._screened(bounds, lip, decompose, lambda: (ops.max(bounds), bounds))
+
+
+def choose(geometry, kernel_shape):
+    """The layer's screen, or ``None`` where :func:`applies` does not hold."""
+    return BlockScreen(geometry, kernel_shape) if applies(geometry, kernel_shape) else None

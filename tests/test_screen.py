@@ -1,0 +1,219 @@
+"""The per-block screen of mode="orthogonal" (keras_capacity.screen): its
+bounds against every block's float64 SVD, its projections against a numpy
+one-round projection written here, over consecutive projections with small
+and large moves, in training (compiled, XLA, MirroredStrategy), and files
+saved before the screen kept state."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_capacity as kc
+from keras_capacity import constraints, fourier, operators, orthogonal, screen
+from tests.conftest import operator_matrix
+from tests.test_orthogonal import embed, numpy_clip, numpy_l21_ball, restrict
+
+LIP_TOL = constraints.LIPSCHITZ_TOLERANCE
+
+CASES = [  # size, kernel, channels in, out, strides
+    ((8, 8), 3, 4, 3, (1, 1)),
+    ((7, 9), 3, 4, 4, (1, 1)),
+    ((8, 8), 3, 6, 4, (2, 2)),
+    ((8, 6), 3, 2, 5, (2, 3)),
+    ((4, 4), 3, 8, 8, (1, 1)),
+    ((2, 2), 2, 4, 4, (1, 1)),  # the taps fill the grid
+]
+
+
+def numpy_blocks(kernel, size, strides):
+    """Every block ``X(g)`` of the circular convolution, ``(H/s_h, W/s_w,
+    in S, out)``: the aliases of each output frequency stacked, over
+    ``sqrt(S)``; float64, from a full complex FFT."""
+    (s_h, s_w), (height, width) = strides, size
+    spectrum = np.fft.fft2(embed(kernel, size), axes=(0, 1))
+    spectrum = spectrum.reshape(s_h, height // s_h, s_w, width // s_w, *kernel.shape[2:])
+    blocks = spectrum.transpose(1, 3, 0, 2, 4, 5)
+    return blocks.reshape(height // s_h, width // s_w, -1, kernel.shape[3]) / np.sqrt(s_h * s_w)
+
+
+def numpy_norm(kernel, size, strides):
+    return np.linalg.norm(numpy_blocks(kernel, size, strides), 2, axis=(-2, -1)).max()
+
+
+def numpy_projection(kernel, k0, lip, dist, size, strides):
+    """One round: the distance ball, every block's singular values clipped
+    at ``lip`` on the grid, the taps kept, the rescale to ``lip`` by the
+    exact norm, the segment toward ``K0``."""
+    (s_h, s_w), (height, width) = strides, size
+    x = k0 + numpy_l21_ball(kernel - k0, dist)
+    clipped = numpy_clip(numpy_blocks(x, size, strides), lip) * np.sqrt(s_h * s_w)
+    spectrum = clipped.reshape(height // s_h, width // s_w, s_h, s_w, *x.shape[2:])
+    spectrum = spectrum.transpose(2, 0, 3, 1, 4, 5).reshape(height, width, *x.shape[2:])
+    result = restrict(np.real(np.fft.ifft2(spectrum, axes=(0, 1))), x.shape)
+    result *= min(1.0, lip / numpy_norm(result, size, strides))
+    delta = result - k0
+    return k0 + delta * min(1.0, dist / np.linalg.norm(delta, axis=-2).sum())
+
+
+def block_order(size, strides):
+    """The output frequencies (flat, row-major) of the screen's blocks: one
+    of each conjugate pair ``g, -g`` (the smaller flat index), those that
+    are their own conjugates first."""
+    out_h, out_w = size[0] // strides[0], size[1] // strides[1]
+    rows, cols = np.divmod(np.arange(out_h * out_w), out_w)
+    conjugate = (-rows % out_h) * out_w + (-cols % out_w)
+    flat = np.arange(out_h * out_w)
+    kept = flat[flat <= conjugate]
+    own = kept == conjugate[kept]
+    return np.concatenate([kept[own], kept[~own]])
+
+
+def block_norms(kernel, size, strides):
+    """Every screened block's largest singular value, in the screen's order."""
+    norms = np.linalg.norm(numpy_blocks(kernel, size, strides), 2, axis=(-2, -1)).ravel()
+    return norms[block_order(size, strides)]
+
+
+@pytest.mark.parametrize("size,k,channels_in,channels_out,strides", CASES)
+def test_block_frobenius_norms_are_those_of_the_fft_blocks(
+    size, k, channels_in, channels_out, strides
+):
+    geometry = operators.OperatorGeometry("conv2d", size, strides, padding="circular")
+    kernel = np.random.default_rng(0).standard_normal((k, k, channels_in, channels_out))
+    pairs = fourier.LatticePairs(geometry, kernel.shape)
+    ours = pairs.block_frobenius(tf.constant(kernel)).numpy()
+    theirs = np.linalg.norm(numpy_blocks(kernel, size, strides), axis=(-2, -1)).ravel()
+    np.testing.assert_allclose(ours, theirs[block_order(size, strides)], rtol=1e-10)
+
+
+@pytest.mark.parametrize("size,k,channels_in,channels_out,strides", CASES)
+def test_consecutive_projections_match_numpy_and_the_bounds_hold(
+    size, k, channels_in, channels_out, strides
+):
+    """Twelve projections in a row, the kernel moved between them by steps
+    from none to larger than the kernel: every result equals numpy's
+    projection, and every bound the screen keeps is at least its block's
+    largest singular value; some projections decompose none or only some
+    of the blocks (the screen saves work), others all of them."""
+    geometry = operators.OperatorGeometry("conv2d", size, strides, padding="circular")
+    shape = (k, k, channels_in, channels_out)
+    screen_ = screen.choose(geometry, shape)
+    assert screen_ is not None
+    rng = np.random.default_rng(1)
+    k0 = 0.3 * rng.standard_normal(shape)
+    lip = 0.8 * numpy_norm(k0, size, strides)
+    dist = 0.5 * np.linalg.norm(k0, axis=-2).sum()
+    state = screen_.start(k0)
+    kernel, decomposed = k0, []
+    for step, scale in enumerate([0.0, 1e-4, 1e-3, 0.01, 0.03, 0.1, 0.0, 1.0, 1e-3, 0.3, 3.0, 0.0]):
+        kernel = kernel + scale * np.abs(kernel).mean() * rng.standard_normal(shape)
+        bounds_before = screen_.carried(state, tf.constant(kernel)).numpy()
+        decomposed.append(np.mean(bounds_before > lip))
+        ours, state = orthogonal.project_screened(
+            tf.constant(kernel), tf.constant(k0), lip, dist, screen_, state
+        )
+        ours = ours.numpy()
+        np.testing.assert_allclose(
+            ours, numpy_projection(kernel, k0, lip, dist, size, strides), atol=1e-9, err_msg=step
+        )
+        assert np.all(state[1].numpy() >= block_norms(ours, size, strides) - 1e-12)
+        np.testing.assert_array_equal(state[0].numpy(), ours)
+        kernel = ours
+    assert decomposed[0] == 1.0 and min(decomposed) < 1.0
+    if len(screen_.capacities) > 1:
+        assert any(0.0 < share <= 0.5 for share in decomposed)
+
+
+class BoundsChecker(keras.callbacks.Callback):
+    """After every step: the layer's norm from its dense operator, and the
+    screen's bounds against every block's SVD."""
+
+    def __init__(self, layer, input_shape):
+        super().__init__()
+        self.layer, self.input_shape, self.shares = layer, input_shape, []
+
+    def on_train_batch_end(self, batch, logs=None):
+        constraint = self.layer.kernel_constraint
+        lip = constraint.lip
+        norm = np.linalg.norm(operator_matrix(self.layer, self.input_shape), 2)
+        assert norm <= lip * (1 + LIP_TOL)
+        kernel, bounds = (np.asarray(v.numpy(), np.float64) for v in constraint.projection_state)
+        if constraint.mode == "orthogonal":  # the radial state keeps the kernel it rescaled
+            np.testing.assert_array_equal(kernel, self.layer.kernel.numpy())
+        size, strides = self.input_shape[:2], constraint.geometry.strides
+        assert np.all(bounds >= block_norms(kernel, size, strides))
+
+
+@pytest.mark.parametrize("mode", ["orthogonal", "radial"])
+@pytest.mark.parametrize("setting", ["compiled", "xla", "mirrored"])
+def test_every_training_step_holds_its_bound(setting, mode, two_cpu_strategy):
+    """SGD steps large enough to move the top directions at every step
+    (MSE to targets of scale 10): the kernel after each step is within its
+    bound on the dense operator, and the kept bounds stay upper bounds."""
+    scope = two_cpu_strategy.scope() if setting == "mirrored" else tf.device("/cpu:0")
+    with scope:
+        conv = kc.CircularConv2D(
+            4, 3, use_bias=False, kernel_constraint=kc.LipDist(0.7, 3.0, mode=mode)
+        )
+        model = keras.Sequential([keras.Input((8, 8, 6)), conv, keras.layers.Flatten()])
+        kc.bind(model)
+        model.compile(keras.optimizers.SGD(0.05), "mse", jit_compile=setting == "xla")
+    assert conv.kernel_constraint._block_screen is not None
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 8, 8, 6)).astype(np.float32)
+    y = 10 * rng.standard_normal((64, 8 * 8 * 4)).astype(np.float32)
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[BoundsChecker(conv, (8, 8, 6))])
+
+
+@pytest.mark.parametrize("size,k,channels_in,channels_out,strides", CASES)
+def test_the_radial_estimate_is_exact_above_the_bound(size, k, channels_in, channels_out, strides):
+    """The screened in-graph estimate of Lip over consecutive kernels: the
+    exact norm (numpy's) wherever that exceeds ``lip``, and at most ``lip``
+    where the norm is below it; its state bounds the rescaled kernel."""
+    from keras_capacity import lipschitz_estimators
+
+    geometry = operators.OperatorGeometry("conv2d", size, strides, padding="circular")
+    shape = (k, k, channels_in, channels_out)
+    rng = np.random.default_rng(2)
+    kernel = 0.3 * rng.standard_normal(shape)
+    lip = 0.9 * numpy_norm(kernel, size, strides)
+    estimator = lipschitz_estimators.choose(geometry, shape, lip)
+    assert estimator.screen is not None
+    state = estimator.screen.start(kernel)
+    above = below = 0
+    for scale in [0.0, 0.01, 0.1, 0.0, 1.0, 0.001, 0.3]:
+        kernel = kernel + scale * np.abs(kernel).mean() * rng.standard_normal(shape)
+        sigma, state = estimator.in_graph(tf.constant(kernel), state, 0)
+        truth = numpy_norm(kernel, size, strides)
+        if truth > lip:
+            np.testing.assert_allclose(float(sigma), truth, rtol=1e-10)
+            above += 1
+        else:
+            assert truth * (1 - 1e-12) <= float(sigma) <= lip
+            below += 1
+        rescaled = kernel * min(1.0, lip / truth)
+        np.testing.assert_allclose(state[0].numpy(), rescaled, rtol=1e-10)
+        assert np.all(state[1].numpy() >= block_norms(rescaled, size, strides) - 1e-12)
+        kernel = rescaled
+    assert above and below
+
+
+def test_a_file_saved_before_the_screen_loads_with_unknown_bounds():
+    """What Keras's loading hands a LipDist from such a file: its first
+    three variables; the bounds start unknown, so the next projection
+    decomposes every block. Other counts are still refused."""
+    conv = kc.CircularConv2D(2, 3, kernel_constraint=kc.LipDist(0.7, 3.0, mode="orthogonal"))
+    model = keras.Sequential([keras.Input((8, 8, 4)), conv])
+    kc.bind(model)
+    constraint = conv.kernel_constraint
+    k0 = constraint.initial_kernel.numpy()
+    # The variables a LipDist saved before: K0, the step count, bound or not.
+    old = {str(i): v.numpy() for i, v in enumerate(constraint.variables[:3])}
+    fresh = kc.LipDist.from_config(constraint.get_config())
+    fresh.load_own_variables(old)
+    np.testing.assert_array_equal(fresh.initial_kernel.numpy(), k0)
+    assert fresh.is_bound
+    assert np.all(np.isinf(fresh.projection_state[1].numpy()))
+    with pytest.raises(ValueError, match="expected 5 variables"):
+        fresh.load_own_variables({"0": k0})

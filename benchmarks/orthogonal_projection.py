@@ -6,7 +6,7 @@
    feasibility step) of a 64->64 3x3 CircularConv2D on a 32x32 input, as
    compiled in the train step: the median over ``--repeats`` calls, with the
    feasibility step's exact norm alone and the radial projection of the same
-   kernel for comparison. "Cold": the screen knows no bounds
+   kernel for comparison (its exact norm cold too). "Cold": the screen knows no bounds
    (:mod:`keras_capacity.screen`), so every frequency block is decomposed,
    as on a projection's first call. "Warm": the second conv of the trained
    model of part 2, 14 steps after its last projection, projected from its
@@ -51,9 +51,10 @@ def projection_times(mode, repeats):
         project = screened_projection(constraint)
     else:
         estimate = constraint.estimator.in_graph
+        cold = tuple(tf.constant(v.numpy()) for v in constraint.projection_state)  # unknown
         project = tf.function(
             lambda kernel: radial.project(
-                kernel, k0, 1.0, 50, 1, lambda value, state: estimate(value, state, 0), ()
+                kernel, k0, 1.0, 50, 1, lambda value, state: estimate(value, state, 0), cold
             )[0]
         )
     norm = tf.function(lambda kernel: fourier.spectral_norm(kernel, geometry))

@@ -1,4 +1,5 @@
-"""How the package's commands start: TensorFlow without its start-up noise.
+"""How the package's commands start: TensorFlow without its start-up noise,
+and its Python loggers kept to errors (:func:`quiet_tensorflow`).
 
 Importing TensorFlow writes several C++ log lines (oneDNN, CUDA probing on
 CPU machines, ...) that ``TF_CPP_MIN_LOG_LEVEL`` no longer reaches (they are
@@ -6,7 +7,7 @@ written before TensorFlow sets up its logging). The package's commands
 (``train_main.py``, ``keras-capacity-*``, ``python -m keras_capacity...``)
 import TensorFlow with standard error closed for that moment, unless the
 user chose a level; importing the library in one's own program changes
-nothing. Standard library only: this runs before Keras is imported.
+nothing. Standard library only at import: this runs before Keras is imported.
 """
 
 import importlib.util
@@ -46,3 +47,15 @@ def import_tensorflow_quietly():
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+def quiet_tensorflow():
+    """Keeps TensorFlow's and absl's Python loggers to errors (their lines
+    about collectives, deprecations and TFDS folders say nothing to a user);
+    for the commands, once they run."""
+    import logging
+
+    from absl import logging as absl_logging
+
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    absl_logging.set_verbosity(absl_logging.ERROR)

@@ -38,7 +38,14 @@ class CircularConv2D(keras.layers.Conv2D):
     Args: as ``keras.layers.Conv2D``; ``padding`` can only be ``"circular"``.
     """
 
-    def __init__(self, filters, kernel_size, strides=(1, 1), padding="circular", **kwargs):
+    def __init__(
+        self,
+        filters: int,
+        kernel_size: int | tuple[int, int],
+        strides: int | tuple[int, int] = (1, 1),
+        padding: str = "circular",
+        **kwargs,
+    ):
         if padding != "circular":
             raise ValueError(
                 "CircularConv2D always pads periodically: leave out "

@@ -13,6 +13,7 @@ overlapping 3x3/2 max-pool is 2-Lipschitz, a global average pool over
 """
 
 import math
+from collections.abc import Iterable
 
 import keras
 import numpy as np
@@ -436,7 +437,12 @@ def margins_of_scores(scores, labels):
     return own - scores.max(axis=1)
 
 
-def margins(model: keras.Model, data, labels=None, batch_size: int = 256) -> np.ndarray:
+def margins(
+    model: keras.Model,
+    data: np.ndarray | Iterable,
+    labels: np.ndarray | None = None,
+    batch_size: int = 256,
+) -> np.ndarray:
     """``v_y - max_{i != y} v_i`` for every example, as float64 numpy.
 
     ``data`` is an array (with integer ``labels``) or a ``tf.data.Dataset``

@@ -193,6 +193,8 @@ def damaged_copies(run_dir, tmp_path):
             "model_final.keras is damaged",
         ),
         ("model_final.keras", os.remove, "model_final.keras is missing"),
+        ("summary.json", os.remove, "summary.json is missing: the run in .* has not finished"),
+        ("flags.txt", os.remove, "is not a run directory of train_main.py"),
     ]
 
 
@@ -207,7 +209,11 @@ def test_report_on_damaged_runs_is_one_line(finished_run, tmp_path):
         os.remove(copy / "report.md")
         damage(copy / name)
         copies.append((copy, {p: os.path.getmtime(copy / p) for p in os.listdir(copy)}))
-    found = run_each("report", [[str(copy)] for copy, _ in copies])
+    nowhere = tmp_path / "nowhere"
+    found = run_each("report", [[str(copy)] for copy, _ in copies] + [[str(nowhere)]])
+    code, _, stderr = found.pop()
+    assert code == 2 and stderr.strip() == f"error: {nowhere} does not exist.", stderr[-2000:]
+    assert not nowhere.exists()
     for (copy, before), (name, _, message), (code, _, stderr) in zip(
         copies, cases, found, strict=True
     ):

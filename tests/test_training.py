@@ -252,6 +252,24 @@ def test_a_finished_run_without_its_initial_model_warns(finished, tmp_path, caps
     assert "model_init.keras is missing" in capsys.readouterr().err
 
 
+def test_a_run_resumed_without_its_initial_model_says_so(finished, tmp_path, capsys):
+    """A run interrupted after its initial model was deleted: it resumes from
+    its backup (here an empty one: from the start) and says, once, that the
+    file is gone."""
+    run_dir = copy_run(finished, tmp_path)
+    for name in ("summary.json", "model_final.keras", "model_init.keras", "report.md"):
+        os.remove(run_dir / name)
+    os.makedirs(run_dir / "backup")
+    lines = []
+    train_and_evaluate(RunConfig(**SMALL), str(run_dir), log=lines.append)
+    assert any(line.startswith("Resuming run") for line in lines)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warnings == [
+        f"warning: {run_dir / 'model_init.keras'} is missing: the run resumes with the K0 its "
+        "backup holds, so its distances are measured as before, but its initial weights are gone."
+    ]
+
+
 def test_a_truncated_summary_is_one_clear_error(finished, tmp_path):
     run_dir = copy_run(finished, tmp_path)
     text = (run_dir / "summary.json").read_text()

@@ -105,9 +105,10 @@ def claim(workdir, values):
 
 
 def _main(argv):
+    from keras_capacity._startup import quiet_tensorflow
     from keras_capacity.sweep import engine, grid
     from keras_capacity.sweep import search as searches
-    from keras_capacity.training.cli import fail, quiet_tensorflow
+    from keras_capacity.training.cli import fail
     from keras_capacity.training.config import ConfigError
     from keras_capacity.training.runs import RunError
 

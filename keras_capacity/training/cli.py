@@ -7,13 +7,12 @@ program with ``error: <what and what to do>`` (exit status 2), not a
 traceback or the whole ``--help`` text.
 """
 
-import logging
 import re
 import sys
 
 from absl import app, flags
-from absl import logging as absl_logging
 
+from keras_capacity._startup import quiet_tensorflow
 from keras_capacity.training import flags as run_flags
 from keras_capacity.training.config import ConfigError
 from keras_capacity.training.runs import RunError
@@ -23,13 +22,6 @@ def fail(error):
     """Ends the program with one line naming the error."""
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)
-
-
-def quiet_tensorflow():
-    """Keeps TensorFlow's and absl's Python loggers to errors (their lines
-    about collectives, deprecations and TFDS folders say nothing to a user)."""
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    absl_logging.set_verbosity(absl_logging.ERROR)
 
 
 def _train_main(argv):

@@ -432,6 +432,12 @@ def write(out_dir: str, record: measurement.CapacityRecord, headline: str, gamma
 
 
 def _load_summary(run_dir):
+    if not os.path.isdir(run_dir):
+        raise runs.RunError(f"{run_dir} does not exist.")
+    if not os.path.exists(os.path.join(run_dir, runs.FLAGS_FILE)):
+        raise runs.RunError(
+            f"{run_dir} is not a run directory of train_main.py (it holds no {runs.FLAGS_FILE})."
+        )
     summary = runs.read_summary(run_dir)
     missing = [key for key in SUMMARY_KEYS if key not in summary]
     if missing:
@@ -596,7 +602,7 @@ def main(argv=None):
         parser.error("--model needs --data and --out")
     if not by_model and (arguments.init or arguments.data or arguments.out):
         parser.error("--init, --data and --out go with --model")
-    from keras_capacity.training.cli import quiet_tensorflow
+    from keras_capacity._startup import quiet_tensorflow
 
     quiet_tensorflow()
     try:

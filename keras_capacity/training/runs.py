@@ -146,13 +146,21 @@ def read_summary(run_dir):
     """The run's ``summary.json``; a :class:`RunError` that says what to do
     when it is damaged."""
     path = os.path.join(run_dir, SUMMARY_FILE)
+    if not os.path.exists(path):
+        raise RunError(
+            f"{path} is missing: the run in {run_dir} has not finished; run train_main.py "
+            f"with its flags (--flagfile={os.path.join(run_dir, FLAGS_FILE)}) to finish it."
+        )
     try:
         return read_json(path, "the run's final metrics")
     except RunError as error:
-        raise RunError(
-            f"{error} Delete it and run the same command again to recompute it "
-            f"from {os.path.join(run_dir, FINAL_MODEL)}."
-        ) from None
+        final = os.path.join(run_dir, FINAL_MODEL)
+        again = (
+            f"recompute it from {final}"
+            if os.path.exists(final)
+            else f"train the run again ({final} is missing too)"
+        )
+        raise RunError(f"{error} Delete it and run the same command again to {again}.") from None
 
 
 def write_summary(run_dir, summary):

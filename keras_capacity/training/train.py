@@ -426,6 +426,12 @@ def train_and_evaluate(config: RunConfig, run_dir: str, log: Callable[[str], Non
         callbacks.save_model(model, initial)
     elif os.path.exists(initial):
         _restore_weights(model, initial)  # the run's own K0, whatever the backup holds
+    elif setup.chief and state == "resume":
+        print(
+            f"warning: {initial} is missing: the run resumes with the K0 its backup holds, "
+            "so its distances are measured as before, but its initial weights are gone.",
+            file=sys.stderr,
+        )
     verb = {"new": "Starting", "trained": "Finishing"}.get(state, "Resuming")
     log(
         f"{verb} run in {run_dir} ({setup.replicas} replica(s), "

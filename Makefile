@@ -1,5 +1,6 @@
-# `make test`: set up a virtual environment (if there is none), lint, and run the suite
-# on TensorFlow, then its JAX part (`make test-jax`).
+# `make test`: set up a virtual environment (if there is none), lint, build the docs,
+# and run the suite on TensorFlow, then its JAX part (`make test-jax`).
+# `make docs`: the documentation site (mkdocs.yml) into site/, warnings as errors.
 # `make demo`: set up and run the main job on the bundled offline data.
 # `make lint`: ruff's linter and formatter check (configured in pyproject.toml).
 # `make sweep`: measure excess capacity on the bundled data by bisection (a search);
@@ -8,7 +9,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-jax lint demo sweep sweep-grid benchmark clean
+.PHONY: test test-jax lint docs demo sweep sweep-grid benchmark clean
 
 $(PYTHON):
 	python3 -m venv $(VENV)
@@ -21,14 +22,17 @@ TORCH ?= torch==2.13.0
 
 $(STAMP): $(PYTHON) setup.cfg pyproject.toml
 	$(if $(TORCH),$(PYTHON) -m pip install --quiet "$(TORCH)")
-	$(PYTHON) -m pip install --quiet -e ".[test,jax,reference]"
+	$(PYTHON) -m pip install --quiet -e ".[test,jax,reference,docs]"
 	touch $(STAMP)
 
 lint: $(STAMP)
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
 
-test: lint
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
+test: lint docs
 	$(PYTHON) -m pytest -q -n 2  # two processes (pytest-xdist): the subprocess tests overlap
 	$(MAKE) test-jax
 
@@ -48,4 +52,4 @@ benchmark: $(STAMP)
 	$(PYTHON) benchmarks/constraint_overhead.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build site *.egg-info

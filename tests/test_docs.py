@@ -1,4 +1,4 @@
-"""The README's training commands work in the order it gives them."""
+"""The training commands of the README and the docs pages work together."""
 
 import os
 import re
@@ -12,10 +12,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def documented_commands():
-    """The ``train_main.py`` command lines of the README's shell blocks and
-    of ``make demo``, in order."""
-    with open(os.path.join(ROOT, "README.md")) as f:
-        blocks = re.findall(r"```bash\n(.*?)```", f.read(), re.S)
+    """The ``train_main.py`` command lines of the shell blocks of the README
+    and of the docs pages, and of ``make demo``."""
+    pages = ["README.md"] + sorted(
+        os.path.join("docs", name) for name in os.listdir(os.path.join(ROOT, "docs"))
+    )
+    blocks = []
+    for page in pages:
+        if page.endswith(".md"):
+            with open(os.path.join(ROOT, page)) as f:
+                blocks += re.findall(r"```bash\n(.*?)```", f.read(), re.S)
     with open(os.path.join(ROOT, "Makefile")) as f:
         demo = re.search(r"^demo:.*\n\t\$\(PYTHON\) (train_main\.py .*)$", f.read(), re.M).group(1)
     commands = [demo]

@@ -1,6 +1,7 @@
 # `make test`: set up a virtual environment (if there is none), lint, build the docs,
 # and run the suite on TensorFlow, then its JAX part (`make test-jax`).
 # `make docs`: the documentation site (mkdocs.yml) into site/, warnings as errors.
+# `make notebooks`: the guides (docs/guides/*.py) as notebooks in notebooks/, for Colab.
 # `make demo`: set up and run the main job on the bundled offline data.
 # `make lint`: ruff's linter and formatter check (configured in pyproject.toml).
 # `make sweep`: measure excess capacity on the bundled data by bisection (a search);
@@ -9,7 +10,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-jax lint docs demo sweep sweep-grid benchmark clean
+.PHONY: test test-jax lint docs notebooks demo sweep sweep-grid benchmark clean
 
 $(PYTHON):
 	python3 -m venv $(VENV)
@@ -32,6 +33,12 @@ lint: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
+notebooks: $(STAMP)
+	mkdir -p notebooks
+	for guide in docs/guides/*.py; do \
+		$(VENV)/bin/jupytext --quiet --to ipynb --output notebooks/$$(basename $$guide .py).ipynb $$guide; \
+	done
+
 test: lint docs
 	$(PYTHON) -m pytest -q -n 2  # two processes (pytest-xdist): the subprocess tests overlap
 	$(MAKE) test-jax
@@ -52,4 +59,4 @@ benchmark: $(STAMP)
 	$(PYTHON) benchmarks/constraint_overhead.py
 
 clean:
-	rm -rf $(VENV) build site *.egg-info
+	rm -rf $(VENV) build site notebooks *.egg-info

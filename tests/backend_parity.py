@@ -111,7 +111,7 @@ def _screened_steps(out, key, moved, k0, geometry):
             kernel, ops.convert_to_tensor(k0), 0.5, 1.5, block_screen, state
         )
         out[f"{key}/screened_{turn}"] = ops.convert_to_numpy(kernel)
-        out[f"{key}/screened_{turn}_bounds"] = ops.convert_to_numpy(state[1])
+        out[f"{key}/screen_bounds_{turn}"] = ops.convert_to_numpy(state[1])
         kernel = kernel + 1e-3 * RNG.standard_normal(k0.shape).astype(np.float32)
 
 

@@ -20,7 +20,7 @@ for path in sys.argv[1:]:
 
 def test_every_guide_runs_at_tiny_settings(tmp_path):
     """One process for all of them (TensorFlow is imported once)."""
-    assert len(GUIDES) >= 2
+    assert len(GUIDES) >= 3
     environment = {
         **os.environ,
         "GUIDE_EPOCHS": "1",
@@ -41,3 +41,5 @@ def test_every_guide_runs_at_tiny_settings(tmp_path):
         assert f"=== {path}" in result.stdout
     assert "network Lipschitz bound" in result.stdout
     assert (tmp_path / "out" / "report" / "report.md").exists()
+    assert (tmp_path / "out" / "report_guide" / "bounds.png").exists()
+    assert "vacuous" in result.stdout

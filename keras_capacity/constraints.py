@@ -23,9 +23,9 @@ the estimate lag until later projections catch up.
 
 **State.** ``LipDist`` is also a Keras layer (with no trainable weights)
 tracked by the layer it constrains: ``K0``, the step count and the
-projection's state (the radial estimator's; the orthogonal projection's
-per-block bounds, :mod:`keras_capacity.screen`) are saved by ``model.save``, ``save_weights`` and
-``keras.callbacks.BackupAndRestore``, and restored by ``load_model`` and
+projection's state (tracked directions, or the per-block bounds of
+:mod:`keras_capacity.screen`) are saved by ``model.save``, ``save_weights``
+and ``keras.callbacks.BackupAndRestore``, and restored by ``load_model`` and
 ``load_weights``, so a loaded model keeps measuring from the original
 ``K0``. They appear in ``model.summary()`` as non-trainable parameters.
 

@@ -6,8 +6,8 @@
    feasibility step) of a 64->64 3x3 CircularConv2D on a 32x32 input, as
    compiled in the train step: the median over ``--repeats`` calls, with the
    feasibility step's exact norm alone and the radial projection of the same
-   kernel for comparison (its exact norm cold too). "Cold": the screen knows no bounds
-   (:mod:`keras_capacity.screen`), so every frequency block is decomposed,
+   kernel for comparison (its exact norm cold too). "Cold": the screen
+   knows no bounds (:mod:`keras_capacity.screen`), so every block is decomposed,
    as on a projection's first call. "Warm": the second conv of the trained
    model of part 2, 14 steps after its last projection, projected from its
    real state (the share of blocks its screen decomposes is printed). Also
@@ -31,11 +31,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import numpy as np
 import tensorflow as tf
-from projection_case import median_seconds  # benchmarks/, the script's folder
+from keras import ops
+from projection_case import decomposed_share, median_seconds  # benchmarks/, the script's folder
 from step_timer import StepTimer
 
 import keras_capacity as kc
-from keras_capacity import backend, fourier, orthogonal, projections, radial
+from keras_capacity import backend, fourier, orthogonal, radial
 
 
 def projection_times(mode, repeats):
@@ -90,11 +91,14 @@ def warm_projection(model, x, y, repeats):
     constraint = layer.kernel_constraint
     state = tuple(tf.constant(v.numpy()) for v in constraint.projection_state)
     kernel = tf.constant(layer.kernel.numpy())
-    inside = constraint.initial_kernel + projections.project_l21_ball(
-        kernel - constraint.initial_kernel, constraint.dist
+    share = decomposed_share(
+        constraint.screen,
+        state,
+        kernel,
+        ops.convert_to_tensor(constraint.initial_kernel),
+        constraint.lip,
+        constraint.dist,
     )
-    bounds = constraint.screen.carried(state, inside).numpy()
-    share = float(np.mean(bounds > constraint.lip))
     return median_seconds(screened_projection(constraint, state), kernel, repeats), share
 
 

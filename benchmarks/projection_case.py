@@ -39,6 +39,14 @@ def median_seconds(function, argument, repeats):
     return float(np.median(times))
 
 
+def decomposed_share(block_screen, state, kernel, k0, lip, dist):
+    """The share of blocks that the next projection of ``kernel`` from the
+    screen's ``state`` decomposes: those whose carried bound exceeds ``lip``
+    once the kernel is in the distance ball (the projection's first step)."""
+    inside = k0 + projections.project_l21_ball(kernel - k0, dist)
+    return float(np.mean(ops.convert_to_numpy(block_screen.carried(state, inside)) > lip))
+
+
 def projection_times(channels=64, size=32, repeats=10):
     """``(cold seconds, warm seconds, share of blocks the warm one decomposes)``."""
     keras.utils.set_random_seed(0)
@@ -75,6 +83,4 @@ def projection_times(channels=64, size=32, repeats=10):
     moved = moved + 1e-3 * np.linalg.norm(moved) / np.linalg.norm(step) * step
     moved = ops.convert_to_tensor(moved.astype(np.float32))
     warm = median_seconds(projection(warm_state), moved, repeats)
-    inside = k0 + projections.project_l21_ball(moved - k0, 50.0)
-    share = float(np.mean(ops.convert_to_numpy(block_screen.carried(warm_state, inside)) > lip))
-    return cold, warm, share
+    return cold, warm, decomposed_share(block_screen, warm_state, moved, k0, lip, 50.0)

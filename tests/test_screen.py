@@ -10,7 +10,14 @@ import pytest
 import tensorflow as tf
 
 import keras_capacity as kc
-from keras_capacity import constraints, fourier, operators, orthogonal, screen
+from keras_capacity import (
+    constraints,
+    fourier,
+    lipschitz_estimators,
+    operators,
+    orthogonal,
+    screen,
+)
 from tests.conftest import operator_matrix
 from tests.test_orthogonal import embed, numpy_clip, numpy_l21_ball, restrict
 
@@ -171,8 +178,6 @@ def test_the_radial_estimate_is_exact_above_the_bound(size, k, channels_in, chan
     """The screened in-graph estimate of Lip over consecutive kernels: the
     exact norm (numpy's) wherever that exceeds ``lip``, and at most ``lip``
     where the norm is below it; its state bounds the rescaled kernel."""
-    from keras_capacity import lipschitz_estimators
-
     geometry = operators.OperatorGeometry("conv2d", size, strides, padding="circular")
     shape = (k, k, channels_in, channels_out)
     rng = np.random.default_rng(2)

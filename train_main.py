@@ -11,7 +11,7 @@ The flags are those of the reference's ``train.py``, with its defaults
 into the run directory ``--logdir``: ``flags.txt`` (reproduces the run),
 the initial and final models, ``summary.json``, TensorBoard logs, the
 capacity report, and a backup from which the same command resumes after the
-process is killed. The work is :func:`keras_capacity.training.train_and_evaluate`;
+process is killed. The work is `keras_capacity.training.train_and_evaluate`;
 the installed command ``keras-capacity-train`` is the same program.
 """
 

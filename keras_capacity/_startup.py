@@ -1,5 +1,5 @@
 """How the package's commands start: TensorFlow without its start-up noise,
-and its Python loggers kept to errors (:func:`quiet_tensorflow`).
+and its Python loggers kept to errors (`quiet_tensorflow`).
 
 Importing TensorFlow writes several C++ log lines (oneDNN, CUDA probing on
 CPU machines, ...) that ``TF_CPP_MIN_LOG_LEVEL`` no longer reaches (they are

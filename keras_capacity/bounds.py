@@ -4,17 +4,17 @@ test error they give (SPEC §6).
 Three parts, kept apart so that quantities measured elsewhere (by the
 PyTorch reference, say) can be plugged in and the bounds compared:
 
-* :class:`Quantities`, a validated record of what the bounds are made of
-  (:meth:`Quantities.from_reference` takes the reference's names), and
-  :func:`measure_quantities`, which measures it for a bound Keras model and
+* `Quantities`, a validated record of what the bounds are made of
+  (`Quantities.from_reference` takes the reference's names), and
+  `measure_quantities`, which measures it for a bound Keras model and
   its training data (streamed, float64);
 * the twelve complexity bounds ``R(gamma)`` on the empirical Rademacher
-  complexity, pure functions of a :class:`Quantities` and the margin
-  ``gamma``: :data:`BOUNDS` maps their names to them, :func:`all_bounds`
-  evaluates them, :func:`bounds_over_margins` over a range of ``gamma``;
-* :func:`error_bound` / :func:`error_bounds`: for each of them, the
+  complexity, pure functions of a `Quantities` and the margin
+  ``gamma``: `BOUNDS` maps their names to them, `all_bounds`
+  evaluates them, `bounds_over_margins` over a range of ``gamma``;
+* `error_bound` / `error_bounds`: for each of them, the
   margin bound on the test error at its best margin, which is what a user
-  reads first (see :func:`error_bound` for the formula and its source).
+  reads first (see `error_bound` for the formula and its source).
 
 The formulas are those of the reference implementation's *code* (Graf et
 al., ``bounds/rademacher_bounds.py``), which this module re-derives rather
@@ -90,7 +90,7 @@ class Quantities:
     the per-layer ``lipschitz``, ``params``, ``input_sizes``,
     ``kernel_sizes``, ``strides``, ``in_channels``; the other fields may be
     ``None`` (the distances, say, of a model whose initial weights are
-    unknown), and a bound that needs one raises :class:`NotApplicable`. The record is checked when
+    unknown), and a bound that needs one raises `NotApplicable`. The record is checked when
     made: per-layer tuples of one length, counts that are positive integers,
     finite values where they must be; a ``ValueError`` names the field.
     """
@@ -135,7 +135,7 @@ class Quantities:
         attributes), so that its numbers can be plugged in and compared:
 
         ============================  ============================
-        reference (``Bounds``)        :class:`Quantities`
+        reference (``Bounds``)        `Quantities`
         ============================  ============================
         ``n``                         ``n``
         ``classes``                   ``num_classes``
@@ -591,7 +591,7 @@ def ramp_class_complexity(q, name, gamma):
     loss composed with the network, by bound ``name``.
 
     The covering-number bounds (ours, Bartlett, Ledent, Lin) bound it
-    directly. The six layer-peeling bounds (:data:`MARGIN_FREE`) bound the
+    directly. The six layer-peeling bounds (`MARGIN_FREE`) bound the
     complexity of the network's outputs, times ``kappa`` (the reference's
     vector contraction over the classes); the ramp loss of the margin is
     ``sqrt(2)/gamma``-Lipschitz in the l2 norm of the outputs, so by
@@ -642,8 +642,8 @@ def error_bound(q: Quantities, name: str, delta: float = DELTA, grid=MARGIN_GRID
     Theorem 3.3 with the ramp loss) applied at each ``gamma_k`` with
     confidence ``delta/K`` (the union bound over the grid), where
     ``ramp_gamma`` is the mean ramp loss of the training margins
-    (:func:`ramp_loss`) and ``R_S(F_gamma)`` is :func:`ramp_class_complexity`.
-    Returns the smallest over the grid as an :class:`ErrorBound`; a value of
+    (`ramp_loss`) and ``R_S(F_gamma)`` is `ramp_class_complexity`.
+    Returns the smallest over the grid as an `ErrorBound`; a value of
     1 or more is *vacuous*. Needs ``q.train_margins``.
     """
     _needs(q, name, "train_margins")
@@ -671,7 +671,7 @@ def error_bound(q: Quantities, name: str, delta: float = DELTA, grid=MARGIN_GRID
 
 
 def error_bounds(q: Quantities, delta: float = DELTA, grid=MARGIN_GRID) -> dict[str, ErrorBound]:
-    """``{name: ErrorBound}`` for every bound of :data:`BOUNDS`."""
+    """``{name: ErrorBound}`` for every bound of `BOUNDS`."""
     return {name: error_bound(q, name, delta, grid) for name in BOUNDS}
 
 
@@ -681,12 +681,12 @@ def error_bounds(q: Quantities, delta: float = DELTA, grid=MARGIN_GRID) -> dict[
 def measure_quantities(
     model: keras.Model, data, labels=None, num_classes: int | None = None, batch_size: int = 256
 ) -> Quantities:
-    """The :class:`Quantities` of a model and its training data: the
-    ``quantities`` of :func:`keras_capacity.measure` (see there).
+    """The `Quantities` of a model and its training data: the
+    ``quantities`` of `keras_capacity.measure` (see there).
 
     ``data`` is an array of inputs with ``labels``, or a ``tf.data.Dataset``
     of ``(inputs, labels)`` batches. A model the bounds do not apply to (not
-    a chain of convolutions) is a :class:`NotApplicable` that says why.
+    a chain of convolutions) is a `NotApplicable` that says why.
     """
     from keras_capacity import measurement
 

@@ -3,7 +3,7 @@
 **When the bounds apply.** The twelve bounds are stated for a chain
 ``sigma_L(A_L ... sigma_1(A_1 x))`` of linear maps ``A_i`` (the kernels)
 and fixed maps ``sigma_i`` that are 1-Lipschitz (ReLU, pooling that no
-pixel enters twice, flattening, dropout at inference). :func:`chain_of`
+pixel enters twice, flattening, dropout at inference). `chain_of`
 checks a model against that, and the rule is:
 
 * ``BatchNormalization`` right before or after a kernel, with no
@@ -22,7 +22,7 @@ checks a model against that, and the rule is:
   and its parameter count ``k_h k_w in out``, an upper bound on the
   layer's own (the theorems hold for every plain convolution, so for this
   one). 1-D, 3-D and transposed convolutions make the bounds not
-  applicable (:func:`keras_capacity.linear_layers.bounds_reason`).
+  applicable (`keras_capacity.linear_layers.bounds_reason`).
 * Fixed layers before the first kernel are preprocessing: the data terms
   (``||X||``, patch norms) are measured on the first kernel's input.
 * Anything else makes every bound *not applicable*, with the reason: a
@@ -49,7 +49,7 @@ KERNEL_LAYERS = linear_layers.LINEAR_LAYERS
 class Chain:
     """A model as the bounds see it.
 
-    ``kernels``: the linear layers (:data:`KERNEL_LAYERS`) in forward order;
+    ``kernels``: the linear layers (`KERNEL_LAYERS`) in forward order;
     ``folded``: ``{kernel name: (BatchNormalization layer, "after" or
     "before")}``; ``reason``: why the bounds do not apply, or ``None``.
     """

@@ -3,9 +3,9 @@
 Inside the library "no constraint" is always ``math.inf``. Users may also
 write ``None`` (Python), and in the four-entry lists of the models and the
 training program ``-1``, ``"inf"`` or ``"none"`` (as the reference's
-``--lip``/``--dist`` flags do); :func:`constraint_list` turns those into
-``inf`` once, at the boundary, and :func:`check_bound` validates every
-single value, for :class:`keras_capacity.LipDist` as for the lists.
+``--lip``/``--dist`` flags do); `constraint_list` turns those into
+``inf`` once, at the boundary, and `check_bound` validates every
+single value, for `keras_capacity.LipDist` as for the lists.
 
 A Lipschitz bound must be ``> 0``: a bound of 0 would force the layer to be
 the zero map. A distance bound may be ``0``, which freezes the kernel at
@@ -21,8 +21,8 @@ _NO_CONSTRAINT_WORDS = ("inf", "none", "-1")
 
 
 def check_bound(value, kind, where):
-    """``value`` as a float bound of ``kind`` (:data:`LIPSCHITZ` or
-    :data:`DISTANCE`), ``inf`` for ``None``; a ``ValueError`` that names
+    """``value`` as a float bound of ``kind`` (`LIPSCHITZ` or
+    `DISTANCE`), ``inf`` for ``None``; a ``ValueError`` that names
     ``where`` otherwise.
 
     Lipschitz bounds must be ``> 0``, distance bounds ``>= 0``; both may be
@@ -72,7 +72,7 @@ def constraint_list(name, values, kind):
     classifier) of ``values`` as floats, ``inf`` where unconstrained.
 
     ``-1``, ``None``, ``"inf"``, ``"none"`` and ``inf`` mean unconstrained;
-    every other entry goes through :func:`check_bound`. Another length, a
+    every other entry goes through `check_bound`. Another length, a
     non-number or an out-of-range value is a ``ValueError`` naming ``name``.
     """
     if isinstance(values, str):

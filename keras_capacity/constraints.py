@@ -3,19 +3,19 @@
 
 The constraint keeps state (``K0``, the step count, its estimator's state),
 decides by the step count whether a step projects, and serializes; the
-projections are pure functions (:func:`keras_capacity.radial.project`,
-:func:`keras_capacity.orthogonal.project`), and ``Lip(K)`` for the radial
+projections are pure functions (`keras_capacity.radial.project`,
+`keras_capacity.orthogonal.project`), and ``Lip(K)`` for the radial
 one comes from an estimator chosen when the constraint is bound
-(:mod:`keras_capacity.lipschitz_estimators`: exact for Dense kernels,
+(`keras_capacity.lipschitz_estimators`: exact for Dense kernels,
 ``1 x 1`` convolutions and, by FFT, circular ones; tracked by a
 warm-started block eigensolver otherwise). A separable layer's constraint
 acts on its composed map and projects both of its kernels
-(:mod:`keras_capacity.separable`).
+(`keras_capacity.separable`).
 
 **Tolerances.** Every kernel the constraint returns has distance
 ``<= dist * (1 + 1e-5)`` (float32 rounding) and Lipschitz constant
 ``<= lip * (1 + 1e-3)``: exactly so for projections made now
-(:meth:`LipDist.project`), for circular convolutions and for
+(`LipDist.project`), for circular convolutions and for
 ``mode="orthogonal"``; where the estimate is tracked, the train step's bound
 rests on it (``bind`` starts it from the converged top singular vectors).
 An optimizer step that lifts a direction far above the tracked ones makes
@@ -24,7 +24,7 @@ the estimate lag until later projections catch up.
 **State.** ``LipDist`` is also a Keras layer (with no trainable weights)
 tracked by the layer it constrains: ``K0``, the step count and the
 projection's state (tracked directions, or the per-block bounds of
-:mod:`keras_capacity.screen`) are saved by ``model.save``, ``save_weights``
+`keras_capacity.screen`) are saved by ``model.save``, ``save_weights``
 and ``keras.callbacks.BackupAndRestore``, and restored by ``load_model`` and
 ``load_weights``, so a loaded model keeps measuring from the original
 ``K0``. They appear in ``model.summary()`` as non-trainable parameters.
@@ -73,12 +73,12 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
 
     Use it as the ``kernel_constraint`` of ``keras.layers.Dense``, of
     ``Conv1D``, ``Conv2D``, ``Conv3D`` (any padding, strides, dilation and
-    groups; :class:`keras_capacity.CircularConv2D` too) and of the
+    groups; `keras_capacity.CircularConv2D` too) and of the
     transposed convolutions; as the ``depthwise_constraint`` of
     ``DepthwiseConv1D``/``2D``; as the ``pointwise_constraint`` of
     ``SeparableConv1D``/``2D``, where it constrains the composed map (one
-    convolution) and projects both kernels (:mod:`keras_capacity.separable`).
-    Then call :func:`keras_capacity.bind` once the model is built:
+    convolution) and projects both kernels (`keras_capacity.separable`).
+    Then call `keras_capacity.bind` once the model is built:
 
     >>> layer = keras.layers.Dense(10, kernel_constraint=LipDist(0.6, 50))
     >>> model = keras.Sequential([keras.Input((20,)), layer])
@@ -89,15 +89,15 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
     operator norm of the map the layer computes on its actual input (for a
     convolution: its input size, padding, strides, dilation and groups),
     ``K`` that map's kernel and the (2,1) norm taken over its input axis
-    (:mod:`keras_capacity.linear_layers`).
-    ``K0`` is the kernel at :func:`keras_capacity.bind` time, scaled down to
+    (`keras_capacity.linear_layers`).
+    ``K0`` is the kernel at `keras_capacity.bind` time, scaled down to
     ``lip`` if it was above. ``inf`` (or ``None``) switches a bound off;
     ``dist=0`` freezes the kernel at ``K0``.
 
     **Two ways to project.** Inside the compiled train step Keras calls the
     constraint after each optimizer step: it counts steps and projects on
-    every ``every``-th with the in-graph estimate. :meth:`project` (and
-    :func:`keras_capacity.project`, or a call outside the train step)
+    every ``every``-th with the in-graph estimate. `project` (and
+    `keras_capacity.project`, or a call outside the train step)
     projects now, exactly, with the converged float64 ``Lip(K)``.
 
     Args:
@@ -175,7 +175,7 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
     @property
     def map_shape(self):
         """The shape of the layer's map kernel (see
-        :func:`keras_capacity.linear_layers.layout`)."""
+        `keras_capacity.linear_layers.layout`)."""
         return linear_layers.map_kernel_shape(self.layout, self.kernel_shape, self.partner_shape)
 
     def create_state(
@@ -187,12 +187,12 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
         partner_shape=None,
     ):
         """Creates the state variables for a kernel acting as ``geometry``
-        and chooses the estimator; called by :func:`keras_capacity.bind` and
+        and chooses the estimator; called by `keras_capacity.bind` and
         by deserialization (the values are zero until ``bind`` or weight
         loading fills them). ``kernel_shape`` is the constrained variable's;
         ``layout`` says how it holds the map kernel, with the depthwise
         kernel's ``partner_shape`` for a separable layer
-        (:func:`keras_capacity.linear_layers.layout`)."""
+        (`keras_capacity.linear_layers.layout`)."""
         kernel_shape = tuple(int(d) for d in kernel_shape)
         partner_shape = None if partner_shape is None else tuple(int(d) for d in partner_shape)
         if self.geometry is not None:
@@ -454,7 +454,7 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
 
     def load_own_variables(self, store):
         """Keras's loading, also of files saved before the per-block screens
-        kept state (:mod:`keras_capacity.screen`): there their bounds start
+        kept state (`keras_capacity.screen`): there their bounds start
         unknown, so the first projection decomposes every block."""
         if self._block_screen is not None:
             kept = [v for v in self.variables if all(v is not s for s in self.projection_state)]

@@ -1,7 +1,7 @@
 """Exact or converged spectral norms in float64: the numbers we report.
 
 Training projects with the in-graph estimators of
-:mod:`keras_capacity.lipschitz_estimators`. What the library *reports* as a
+`keras_capacity.lipschitz_estimators`. What the library *reports* as a
 layer's Lipschitz constant is computed here, outside the training graph, in
 float64 (numpy, or Lanczos over the compiled operator):
 
@@ -12,7 +12,7 @@ float64 (numpy, or Lanczos over the compiled operator):
   ``M(f) = sum_{a,b} K[a, b] exp(-2 pi i (f_h a d_h / H + f_w b d_w / W))``
   at every frequency ``f`` (exact). With strides dividing ``H x W``, the
   frequencies that alias onto one output frequency form one block (see
-  :func:`circular_conv_spectral_norm`).
+  `circular_conv_spectral_norm`).
 * Everything else (zero padding, strides that do not divide, 1-D and 3-D
   and transposed convolutions): Lanczos iteration (ARPACK) on ``A^T A`` in
   float64, ``A`` applied as the layer applies it and ``A^T`` as its
@@ -24,7 +24,7 @@ float64 (numpy, or Lanczos over the compiled operator):
   are block diagonal: group ``g`` maps its ``in / groups`` input channels
   to its ``out / groups`` output channels, so ``||A||_2`` is the largest of
   the groups' norms, each found as above on its own small problem
-  (:func:`grouped_spectral_norm`).
+  (`grouped_spectral_norm`).
 """
 
 import dataclasses
@@ -64,7 +64,7 @@ def circular_conv_spectral_norm(kernel, geometry):
     ``s_h s_w`` input frequencies ``g + (a H/s_h, b W/s_w)`` onto output
     frequency ``g``, so the operator is block diagonal with blocks
     ``[M(f_1)^T ... M(f_S)^T] / sqrt(S)`` of size ``out x (in S)``. The taps
-    sit at :func:`keras_capacity.fourier.tap_positions`. Pairs ``g, -g`` are
+    sit at `keras_capacity.fourier.tap_positions`. Pairs ``g, -g`` are
     conjugate, so half of the output rows are decomposed. Works one output
     row at a time, in numpy (float64 on every Keras backend).
     """
@@ -114,7 +114,7 @@ def _compiled_gram(geometry, kernel_shape):
 
 def _gram_operator(kernel, geometry):
     """``v -> A^T A v`` on flat float64 vectors (numpy), and the input
-    dimension; in float64 on every backend (:func:`keras_capacity.backend.float64`)."""
+    dimension; in float64 on every backend (`keras_capacity.backend.float64`)."""
     kernel = np.asarray(kernel, dtype=np.float64)
     gram, size = _compiled_gram(geometry, kernel.shape)
 
@@ -130,14 +130,14 @@ def _gram_operator(kernel, geometry):
 
 def _group_slices(x, groups):
     """``(k, ..., channels)`` -> ``(groups, k, n)``, each group's channels
-    (as :func:`keras_capacity.operators.subspace_iteration` groups them)."""
+    (as `keras_capacity.operators.subspace_iteration` groups them)."""
     k, channels = x.shape[0], x.shape[-1]
     x = x.reshape(k, -1, groups, channels // groups)
     return np.moveaxis(x, 2, 0).reshape(groups, k, -1)
 
 
 def _ungroup_slices(x, shape):
-    """The inverse of :func:`_group_slices`, to ``shape`` (``(k, ...)``)."""
+    """The inverse of `_group_slices`, to ``shape`` (``(k, ...)``)."""
     groups, k = x.shape[:2]
     x = x.reshape(groups, k, -1, shape[-1] // groups)
     return np.moveaxis(x, 0, 2).reshape(shape)
@@ -159,7 +159,7 @@ def grouped_top_singular(kernel, geometry, k, start=None, steps=GROUPED_STEPS):
     """``(sigma, vectors)`` for a grouped convolution: its norm, converged by
     Lanczos on the whole (block-diagonal) operator, and every group's top
     ``k`` right singular directions, the rows' slices of that group's
-    channels (:func:`keras_capacity.operators.subspace_iteration`), by at
+    channels (`keras_capacity.operators.subspace_iteration`), by at
     most ``steps`` LOBPCG steps per group in float64 from ``start``
     (random where absent or zero), until every group's largest Ritz value
     settles to 1e-10: one application of the compiled ``A^T A`` per step
@@ -200,7 +200,7 @@ def top_singular(kernel, geometry, k=1, v0=None):
 
     Args:
         kernel: the kernel (any array-like).
-        geometry: an :class:`operators.OperatorGeometry`.
+        geometry: an `operators.OperatorGeometry`.
         k: how many singular pairs (at most the input dimension).
         v0: an optional start vector for Lanczos; a fixed one otherwise.
 
@@ -269,7 +269,7 @@ def grouped_spectral_norm(kernel, geometry):
     The operator is block diagonal over the groups, so each group is its
     own problem on ``in / groups`` input channels: exact by the FFT where
     the padding is circular, by dense Gram matrices where a group's input
-    dimension is at most :data:`DENSE_GRAM_LIMIT` (all groups' in one pass,
+    dimension is at most `DENSE_GRAM_LIMIT` (all groups' in one pass,
     a few hundred at a time), by Lanczos otherwise."""
     groups = geometry.groups
     single = dataclasses.replace(geometry, groups=1)

@@ -3,26 +3,26 @@
 A circular convolution on an ``H x W`` input is block-diagonalized by the
 2-D DFT: at every frequency ``f`` it acts as the ``out x in`` matrix
 ``A(f) = sum_p K_p^T e^{i theta_p(f)}`` (``K_p`` the ``in x out`` tap at
-grid offset ``x_p``, :func:`tap_positions`). With strides ``(s_h, s_w)``
-dividing the input (:func:`strides_divide`), subsampling folds the
+grid offset ``x_p``, `tap_positions`). With strides ``(s_h, s_w)``
+dividing the input (`strides_divide`), subsampling folds the
 ``S = s_h s_w`` aliases of each output frequency ``g`` together, and
 ``||A||_2^2 = max_g lambda_max(sum_f A(f) A(f)^H) / S`` over the aliases
 ``f`` of ``g``. Two ways to the same Gram matrices, whichever decomposes
-the smaller ones (:func:`plan`):
+the smaller ones (`plan`):
 
 * **output side** (``out <= in S``): ``A(f) A(f)^H`` is the DFT of the
   kernel's autocorrelation ``C_d = sum_{x_p - x_q = d} K_p^T K_q``, and
   summing over aliases keeps the offsets ``d`` on the stride lattice, so
   the folded Gram matrices are a direct DFT over the few tap pairs
-  (:class:`LatticePairs`), at one frequency of every conjugate pair;
+  (`LatticePairs`), at one frequency of every conjugate pair;
 * **input side** (``out > in S``): the FFT of the kernel embedded in its
-  input grid (:func:`embed`) gives every ``A(f)``; each output frequency's
-  ``S`` aliases form one ``(in S) x out`` block (:func:`fold`).
+  input grid (`embed`) gives every ``A(f)``; each output frequency's
+  ``S`` aliases form one ``(in S) x out`` block (`fold`).
 
-On top of these: the exact spectral norm (:func:`spectral_norm`), and the
+On top of these: the exact spectral norm (`spectral_norm`), and the
 orthogonal projection onto the operator's spectral ball
-(:class:`CircularEmbedding`, by clipping the per-frequency singular values).
-Everything is ``keras.ops`` and :mod:`keras_capacity.backend` (complex FFT,
+(`CircularEmbedding`, by clipping the per-frequency singular values).
+Everything is ``keras.ops`` and `keras_capacity.backend` (complex FFT,
 Hermitian eigendecompositions), so it runs inside the compiled train step.
 """
 
@@ -43,7 +43,7 @@ EXACT_COST_LIMIT = 2**31
 def tap_positions(geometry, kernel_shape):
     """Grid offsets ``(rows, cols)`` of the kernel's taps, modulo the grid:
     tap ``a`` sits at ``d a - p`` (``d`` the dilation, ``p`` the periodic
-    padding before, as :func:`keras_capacity.operators.circular_pad`)."""
+    padding before, as `keras_capacity.operators.circular_pad`)."""
     offsets = []
     for axis in range(2):
         size, taps, dilation = (
@@ -79,12 +79,12 @@ def is_circular(geometry):
 
 def ungrouped_shape(geometry, kernel_shape):
     """The kernel shape of the plain convolution a grouped one equals
-    (:func:`keras_capacity.operators.ungrouped`)."""
+    (`keras_capacity.operators.ungrouped`)."""
     return (*kernel_shape[:-2], int(kernel_shape[-2]) * geometry.groups, int(kernel_shape[-1]))
 
 
 def has_exact_norm(geometry, kernel_shape):
-    """Whether :func:`spectral_norm` applies and is cheap enough for the
+    """Whether `spectral_norm` applies and is cheap enough for the
     train step (a circular convolution whose strides divide its input,
     within ``EXACT_COST_LIMIT``; a grouped one costs what the plain
     convolution it equals does)."""
@@ -105,8 +105,8 @@ class LatticePairs:
     For taps ``p, q`` at grid offsets ``x_p, x_q``, the pair is kept when
     ``d = x_p - x_q`` (modulo the grid) is a multiple of the strides; ``d /
     s`` is then a cell of the ``H/s_h x W/s_w`` output grid. These pairs
-    carry both the folded Gram matrices (:meth:`grams`) and the products of
-    the kernel with a per-frequency matrix (:meth:`multiply`), at one
+    carry both the folded Gram matrices (`grams`) and the products of
+    the kernel with a per-frequency matrix (`multiply`), at one
     frequency of every conjugate pair ``f, -f`` of the output grid (about
     half of them; a real kernel's matrices at ``-f`` are the conjugates).
     The few pairs make a direct DFT (real matrix products) cheaper than
@@ -152,7 +152,7 @@ class LatticePairs:
 
     @property
     def counts(self):
-        """``(real, complex)``: how many blocks of each kind :meth:`grams` gives."""
+        """``(real, complex)``: how many blocks of each kind `grams` gives."""
         return len(self.theta_real), len(self.theta_complex)
 
     def grams(self, kernel, index=None):
@@ -189,7 +189,7 @@ class LatticePairs:
 
     def block_frobenius(self, delta):
         """``||X(g)||_F`` of every block of the kernel ``delta`` (the real
-        frequencies first, then the complex ones, as :meth:`grams`): the
+        frequencies first, then the complex ones, as `grams`): the
         square root of its Gram matrix's trace, which is the DFT of the tap
         pairs' inner products ``<K_p, K_q>`` (the imaginary parts of the
         pairs ``(p, q)``, ``(q, p)`` cancel). One product of a (blocks x
@@ -205,10 +205,10 @@ class LatticePairs:
         grid) is replaced by ``M(f) T(f)``, restricted to the kernel's taps.
 
         ``T`` (``out x out``, periodic on the output grid) is given as
-        ``real, other`` at the frequencies of :meth:`grams` (and is
+        ``real, other`` at the frequencies of `grams` (and is
         Hermitian-symmetric, ``T(-f)`` the conjugate of ``T(f)``, as a
         function of those Gram matrices is); with ``index`` (as for
-        :meth:`grams`) only at those rows, ``T`` being zero elsewhere. In
+        `grams`) only at those rows, ``T`` being zero elsewhere. In
         space this is the kernel convolved with ``T``'s inverse DFT, which
         lives on the stride lattice, so tap ``p`` gets ``sum_q K_q T^(x_q -
         x_p)`` over the lattice pairs.
@@ -255,7 +255,7 @@ def fold(spectrum, strides):
 
 
 def unfold(blocks, strides, size):
-    """The inverse of :func:`fold`, back to an ``(in, out, H, W)`` spectrum."""
+    """The inverse of `fold`, back to an ``(in, out, H, W)`` spectrum."""
     (s_h, s_w), (height, width) = strides, size
     channels_in, channels_out = blocks.shape[1] // (s_h * s_w), blocks.shape[2]
     blocks = ops.reshape(blocks, (height // s_h, width // s_w, s_h, s_w, channels_in, channels_out))
@@ -322,7 +322,7 @@ def spectral_norm(kernel, geometry):
 def gram_matrices(kernel, geometry):
     """``((real, complex), scale)``: the Gram matrices whose largest
     eigenvalue times ``scale`` is ``||A||_2^2``, on the smaller side
-    (:func:`plan`)."""
+    (`plan`)."""
     if plan(geometry, kernel.shape)[0] == "output":
         return LatticePairs(geometry, kernel.shape).grams(kernel), 1.0
     return _input_grams(kernel, geometry), 1.0 / math.prod(geometry.strides)
@@ -417,7 +417,7 @@ class CircularEmbedding:
 
         Where the output side is the smaller one, without the grid: the
         Gram matrices come from the kernel's autocorrelation and the
-        clipped kernel from the lattice pairs (:class:`LatticePairs`), so no
+        clipped kernel from the lattice pairs (`LatticePairs`), so no
         per-frequency product with the spectrum is formed.
         """
         channels_in, channels_out = self.kernel_shape[2:]

@@ -20,13 +20,13 @@ class CircularConv2D(keras.layers.Conv2D):
 
     With stride 1 the layer's singular values are exactly those of the
     per-frequency matrices of its kernel's 2-D DFT (Sedghi et al. 2019),
-    which :func:`keras_capacity.lipschitz` uses.
+    which `keras_capacity.lipschitz` uses.
 
     **Even kernels and the reference's checkpoints.** An even kernel has one
     wrapped tap more on one side: here it is *after* the input (a 2x2
     kernel's taps sit at offsets 0 and +1), in the PyTorch reference
     *before* it (offsets -1 and 0). A reference kernel loaded unchanged
-    therefore computes another map; :func:`kernel_from_reference` converts
+    therefore computes another map; `kernel_from_reference` converts
     it (PyTorch's ``(out, in, kh, kw)`` to ``(kh, kw, in, out)``, and each
     even axis rolled by one tap). On the 2x2 maps where the paper's
     networks use 2x2 kernels, -1 and +1 are the same offset and the
@@ -80,7 +80,7 @@ class CircularConv2D(keras.layers.Conv2D):
 
 def kernel_from_reference(weight) -> np.ndarray:
     """A PyTorch reference convolution kernel ``(out, in, kh, kw)`` as the
-    kernel ``(kh, kw, in, out)`` of a :class:`CircularConv2D` computing the
+    kernel ``(kh, kw, in, out)`` of a `CircularConv2D` computing the
     same map.
 
     Odd kernels are only transposed. Along an even axis the reference
@@ -264,7 +264,7 @@ class PaddedMaxPooling2D(keras.layers.Layer):
     The padding never wins a maximum. A 3x3/2 pool with ``padding=1`` has
     windows starting at pixel -1, where ``MaxPooling2D(3, 2, "same")``
     starts them at 0 on even maps: the two pool different pixels, so
-    reproducing the reference's outputs (:func:`keras_capacity.from_reference`)
+    reproducing the reference's outputs (`keras_capacity.from_reference`)
     needs this one. The output has ``floor((H + 2p - k) / s) + 1`` pixels
     along each axis. Channels-last inputs.
 

@@ -3,10 +3,10 @@
 A layer's Lipschitz constant and its distance to initialization are those
 of the linear map ``A: x -> layer(x) - bias`` it computes (SPEC §2). For
 each kind of layer that map is a kernel ``K`` and an
-:class:`~keras_capacity.operators.OperatorGeometry` (:func:`linear_map`):
+`OperatorGeometry` (`linear_map`):
 
 * ``Dense``: ``K`` its ``(in, out)`` kernel.
-* ``Conv1D``, ``Conv2D`` (and :class:`~keras_capacity.CircularConv2D`),
+* ``Conv1D``, ``Conv2D`` (and `CircularConv2D`),
   ``Conv3D``: ``K`` its ``(*k, in / groups, out)`` kernel, with its groups,
   padding (``"causal"`` too), strides and dilation.
 * ``DepthwiseConv1D``/``2D``: a grouped convolution with one group per
@@ -31,7 +31,7 @@ each kind of layer that map is a kernel ``K`` and an
   correspondence: Lanczos runs on the layer's own map, its adjoint by
   autodiff, so it is right wherever the shapes do not correspond too.
 
-The (2,1) distance ``||K - K0||_{2,1}`` (:func:`distance21`) is the
+The (2,1) distance ``||K - K0||_{2,1}`` (`distance21`) is the
 Euclidean norm over the *input axis* of ``K``, for every output unit and
 kernel position, summed: axis ``-2`` of ``(*k, in / groups, out)``, so
 over a group's own input channels for a grouped convolution and over the
@@ -60,7 +60,7 @@ LINEAR_LAYERS = (keras.layers.Dense, *CONVOLUTIONS, *DEPTHWISE, *SEPARABLE, *TRA
 
 
 def is_linear(layer):
-    """Whether ``layer`` is one of :data:`LINEAR_LAYERS`."""
+    """Whether ``layer`` is one of `LINEAR_LAYERS`."""
     return isinstance(layer, LINEAR_LAYERS)
 
 
@@ -70,7 +70,7 @@ def _numpy(value):
 
 def map_kernel(layer):
     """The kernel ``K`` of ``layer``'s linear map (float64 numpy), in the
-    layout of its :func:`geometry` (see the module docstring)."""
+    layout of its `geometry` (see the module docstring)."""
     if isinstance(layer, SEPARABLE):
         depthwise, pointwise = _numpy(layer.depthwise_kernel), _numpy(layer.pointwise_kernel)
         *size, channels, multiplier = depthwise.shape
@@ -91,7 +91,7 @@ def groups(layer):
 
 
 def geometry(layer, input_shape):
-    """The :class:`OperatorGeometry` of ``layer`` on inputs of
+    """The `OperatorGeometry` of ``layer`` on inputs of
     ``input_shape`` (with batch axis); the data format only permutes
     coordinates, which leaves every norm as it is."""
     if not is_linear(layer):
@@ -134,27 +134,27 @@ def input_axis(geometry):
 
 def distance21(kernel, initial, geometry):
     """``||K - K0||_{2,1}`` of two map kernels (float64): the Euclidean norm
-    over the input axis (:func:`input_axis`) for every output unit and
+    over the input axis (`input_axis`) for every output unit and
     kernel position, summed."""
     delta = np.asarray(kernel, np.float64) - np.asarray(initial, np.float64)
     return float(np.linalg.norm(delta, axis=input_axis(geometry)).sum())
 
 
-# How LipDist's variable holds the map kernel (see :func:`layout`).
+# How LipDist's variable holds the map kernel (see `layout`).
 KERNEL, DEPTHWISE_LAYOUT, SEPARABLE_LAYOUT = "kernel", "depthwise", "separable"
 LAYOUTS = (KERNEL, DEPTHWISE_LAYOUT, SEPARABLE_LAYOUT)
 
 
 def layout(layer):
-    """How the variable that :class:`~keras_capacity.LipDist` constrains
+    """How the variable that `LipDist` constrains
     holds ``layer``'s map kernel.
 
     * ``"kernel"`` (Dense, every convolution, transposed ones too): the
       variable is the map kernel.
     * ``"depthwise"``: the variable is the ``(*k, in, m)`` depthwise kernel,
-      the map kernel its reshape to ``(*k, 1, in m)`` (:func:`to_map_kernel`).
+      the map kernel its reshape to ``(*k, 1, in m)`` (`to_map_kernel`).
     * ``"separable"``: the variable is the pointwise kernel, and the map
-      kernel composes it with the depthwise one (:func:`compose`); the
+      kernel composes it with the depthwise one (`compose`); the
       constraint projects both.
     """
     if isinstance(layer, DEPTHWISE):
@@ -217,7 +217,7 @@ def to_map_kernel(value, layout_name, partner=None):
 
 
 def from_map_kernel(kernel, layout_name, shape):
-    """The inverse of :func:`to_map_kernel` for the layouts that are a
+    """The inverse of `to_map_kernel` for the layouts that are a
     reshape (a separable kernel is projected as its two factors)."""
     if layout_name == SEPARABLE_LAYOUT:
         raise ValueError("A separable layer's composed kernel has no inverse; project its factors.")

@@ -1,34 +1,34 @@
-"""How :class:`keras_capacity.LipDist` finds ``Lip(K)`` for the radial projection.
+"""How `keras_capacity.LipDist` finds ``Lip(K)`` for the radial projection.
 
 An estimator is chosen once, when a constraint is bound to its layer
-(:func:`choose`), and has two ways to the number:
+(`choose`), and has two ways to the number:
 
-* :meth:`~Estimator.in_graph`, inside the compiled train step: a tensor
+* `in_graph`, inside the compiled train step: a tensor
   function of the kernel and the estimator's state;
-* :meth:`~Estimator.exact`, when a projection happens now (``project``,
+* `exact`, when a projection happens now (``project``,
   a direct call): the converged float64 value of
-  :mod:`keras_capacity.exact_norms`.
+  `keras_capacity.exact_norms`.
 
 Both take and return the estimator's state (a tuple of arrays, kept by
 ``LipDist`` in its variables), so they are pure functions.
 
-* :class:`ExactDense`, for Dense kernels whose smaller side is at most
-  :data:`EXACT_DENSE_LIMIT`: the largest singular value from the
+* `ExactDense`, for Dense kernels whose smaller side is at most
+  `EXACT_DENSE_LIMIT`: the largest singular value from the
   eigenvalues of the smaller Gram matrix; no state.
-* :class:`ExactPointwise`, for ``1 x 1`` convolutions (``groups=1``, any
+* `ExactPointwise`, for ``1 x 1`` convolutions (``groups=1``, any
   padding, strides, dimension): the map applies the ``in x out`` matrix
   at every (kept) pixel, so its norm is that matrix's, found as for Dense.
-* :class:`ExactFourier`, for circular convolutions (grouped ones too)
-  within :data:`keras_capacity.fourier.EXACT_COST_LIMIT`: the exact norm
-  by FFT (:func:`keras_capacity.fourier.spectral_norm`); where the blocks
-  can be screened (:func:`keras_capacity.screen.applies`), only those that
+* `ExactFourier`, for circular convolutions (grouped ones too)
+  within `keras_capacity.fourier.EXACT_COST_LIMIT`: the exact norm
+  by FFT (`keras_capacity.fourier.spectral_norm`); where the blocks
+  can be screened (`keras_capacity.screen.applies`), only those that
   may exceed ``lip`` are decomposed, with the screen's bounds as state.
-* :class:`TrackedSubspace`, for every other layer (zero-padded
+* `TrackedSubspace`, for every other layer (zero-padded
   convolutions above all, depthwise, grouped, 1-D, 3-D, transposed and
   separable ones included: the iteration runs on the layer's own map,
   whatever its geometry): a block eigensolver on ``A^T A`` (LOBPCG steps,
-  :func:`keras_capacity.operators.subspace_iteration`) over the top
-  :data:`TRACKED_DIRECTIONS` singular directions, warm-started from the
+  `keras_capacity.operators.subspace_iteration`) over the top
+  `TRACKED_DIRECTIONS` singular directions, warm-started from the
   previous step, with a random probe mixed into the weakest direction so
   that no direction is missed for symmetry reasons. Warm, it takes one
   step per projection; eight directions follow the top one through the
@@ -121,7 +121,7 @@ def is_pointwise(geometry, kernel_shape):
 class ExactFourier(Estimator):
     """The exact norm of a circular convolution, by FFT, in the graph.
 
-    With a :class:`~keras_capacity.screen.BlockScreen` (``lip`` given and
+    With a `BlockScreen` (``lip`` given and
     the blocks screenable), the train step's value is exact where it
     exceeds ``lip`` and an upper bound at most ``lip`` otherwise (where the
     radial projection leaves the kernel as it is), and only the blocks the
@@ -152,8 +152,8 @@ class TrackedSubspace(Estimator):
     """A warm-started block eigensolver over the top singular directions.
 
     In eager calls the directions are refreshed from the converged float64
-    top singular vectors (:func:`keras_capacity.exact_norms.top_singular`;
-    every group's, :func:`~keras_capacity.exact_norms.grouped_top_singular`,
+    top singular vectors (`keras_capacity.exact_norms.top_singular`;
+    every group's, `grouped_top_singular`,
     for a grouped operator).
     In the train step the weakest direction is replaced by itself plus a
     random probe (stateless, seeded by the step count, so replicas agree):
@@ -163,7 +163,7 @@ class TrackedSubspace(Estimator):
     """
 
     def _directions(self):
-        """:data:`TRACKED_DIRECTIONS` (:data:`GROUP_DIRECTIONS` in each
+        """`TRACKED_DIRECTIONS` (`GROUP_DIRECTIONS` in each
         group of a grouped operator), at most a group's input dimension."""
         size = int(np.prod(self.geometry.input_shape(self.kernel_shape)))
         wanted = TRACKED_DIRECTIONS if self.geometry.groups == 1 else GROUP_DIRECTIONS

@@ -3,9 +3,9 @@
 Every model takes two four-entry lists, ``lip`` and ``dist``, with the
 bounds for (first conv, convs inside blocks, shortcut, classifier); ``-1``,
 ``None`` or ``inf`` leave that entry unconstrained. Each convolution and
-trainable classifier gets its own :class:`~keras_capacity.LipDist` (an
+trainable classifier gets its own `LipDist` (an
 unconstrained one still records ``K0``, so its distance can be reported);
-call :func:`keras_capacity.bind` before training.
+call `keras_capacity.bind` before training.
 
 The input shape comes from the data (any number of channels; any size for
 the ResNet, up to 32x32 for the simple convnets). Where a layer's input map
@@ -148,7 +148,7 @@ def simple_convnet6(
     3x3/2 max-pool when ``strides=False``) and a ReLU; 32x32 inputs shrink
     to 1x1 (smaller ones, 28x28 say, too: every halving rounds up). The
     head is a 1x1 circular conv to the classes and a flatten; with
-    ``simplex=True`` it is a flatten and a :class:`SimplexClassifier` when
+    ``simplex=True`` it is a flatten and a `SimplexClassifier` when
     ``dist[3] == 0``, else a constrained bias-free ``Dense``.
 
     The fifth conv sees a 2x2 map, so its kernel is 2x2. Parameters for 10
@@ -164,7 +164,7 @@ def simple_convnet6(
         lip, dist: four-entry bounds; the shortcut entry is unused (no
             shortcuts), the first applies to block 1's conv, the second to
             every other conv, the fourth to the head.
-        mode, n_iter, every: passed to every :class:`LipDist`.
+        mode, n_iter, every: passed to every `LipDist`.
         input_shape: ``(H, W, channels)``, ``H, W <= 32``.
     """
     return _simple_convnet(
@@ -195,7 +195,7 @@ def simple_convnet11(
     every: int = 1,
     input_shape: tuple = (32, 32, 3),
 ) -> keras.Model:
-    """The paper's 11-layer convnet: as :func:`simple_convnet6` with two
+    """The paper's 11-layer convnet: as `simple_convnet6` with two
     convs per block (the second with stride 1).
 
     Block 5's convs see 2x2 and 1x1 maps (2x2 and 1x1 kernels). Parameters
@@ -256,8 +256,8 @@ def preact_resnet18(
     max-pools; four stages (64, 128, 256, 512 channels) of two
     pre-activation basic blocks, the first block of stages 2-4 downsampling
     by a 3x3/2 max-pool after its first conv, with a
-    :class:`PoolingShortcut` (two shifted 2x2 max-pools, concatenated) on
-    the skip path; global average pooling; a :class:`SimplexClassifier`
+    `PoolingShortcut` (two shifted 2x2 max-pools, concatenated) on
+    the skip path; global average pooling; a `SimplexClassifier`
     when ``dist[3] == 0``, else a constrained bias-free ``Dense``.
     ``batch_norm=True`` adds BatchNorm where the reference does (after the
     stem, before each block's activations, after the shortcut).

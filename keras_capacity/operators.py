@@ -4,13 +4,13 @@ A layer's Lipschitz constant is the operator norm ``||A||_2`` of the linear map
 ``A: x -> layer(x) - bias`` on the layer's *actual* input (SPEC §2). For a
 convolution that map depends on more than the kernel: on the input's spatial
 size, on the padding, the strides, the dilation and the groups. An
-:class:`OperatorGeometry` records exactly that, so that ``A`` and its adjoint
+`OperatorGeometry` records exactly that, so that ``A`` and its adjoint
 ``A^T`` can be applied to single inputs and ``||A||_2`` found by power
 iteration on ``A^T A``. Every linear layer Keras has is such a map
-(:mod:`keras_capacity.linear_layers` says which kernel and geometry).
+(`keras_capacity.linear_layers` says which kernel and geometry).
 
 Everything here is a pure function of tensors in ``keras.ops`` (the
-adjoint through :mod:`keras_capacity.backend`), usable eagerly, inside the
+adjoint through `keras_capacity.backend`), usable eagerly, inside the
 compiled train step and under XLA.
 """
 
@@ -35,7 +35,7 @@ class OperatorGeometry:
     Attributes:
         kind: ``"dense"`` (``x @ K``, kernel ``(in, out)``); ``"conv2d"``
             (a 2-D convolution, kernel ``(kh, kw, in / groups, out)``: the
-            kind :class:`~keras_capacity.LipDist` constrains and the FFT
+            kind `LipDist` constrains and the FFT
             paths know); ``"conv"`` (a convolution over 1, 2 or 3 spatial
             axes, kernel ``(*k, in / groups, out)``); ``"conv_transpose"``
             (Keras's transposed convolution, kernel ``(*k, out, in)``).
@@ -43,7 +43,7 @@ class OperatorGeometry:
         strides: one per spatial axis.
         dilation: one per spatial axis.
         padding: ``"same"``, ``"valid"``, ``"circular"`` (periodic padding as
-            in :class:`keras_capacity.CircularConv2D`) or ``"causal"``
+            in `keras_capacity.CircularConv2D`) or ``"causal"``
             (``d (k - 1)`` zeros before, as ``Conv1D``).
         groups: a convolution's groups; output channels ``[g o_g, (g + 1)
             o_g)`` see input channels ``[g i_g, (g + 1) i_g)`` only.
@@ -126,7 +126,7 @@ def ungrouped(kernel, geometry):
     a ``(*k, in, out)`` kernel with zeros elsewhere, which computes the
     same map: block diagonal over the groups, so its singular values are
     the groups' and its nearest kernels in a spectral ball are block
-    diagonal too (:func:`grouped` takes the blocks back). The zeros add
+    diagonal too (`grouped` takes the blocks back). The zeros add
     nothing to a (2,1) norm. A kernel with one group is returned as it is.
     """
     groups = geometry.groups
@@ -145,7 +145,7 @@ def ungrouped(kernel, geometry):
 def grouped(kernel, geometry):
     """The grouped kernel ``(*k, in / groups, out)`` of ``geometry`` from a
     plain ``(*k, in, out)`` one: its diagonal blocks (the inverse of
-    :func:`ungrouped` on block-diagonal kernels)."""
+    `ungrouped` on block-diagonal kernels)."""
     groups = geometry.groups
     if groups == 1:
         return kernel
@@ -268,7 +268,7 @@ def _group_rows(x, groups):
 
 
 def _ungroup_rows(flat, shape, groups):
-    """The inverse of :func:`_group_rows`, back to ``shape``."""
+    """The inverse of `_group_rows`, back to ``shape``."""
     if groups == 1:
         return ops.reshape(flat[0], shape)
     rows, channels = shape[0], shape[-1]
@@ -287,7 +287,7 @@ def _whitening(flat):
     ``flat`` ``(groups, rows, n)``: the ``(groups, rows, rows)`` map that
     makes them orthonormal. The rows' Gram matrix, scaled to a unit
     diagonal, is diagonalized and its eigenvalues whiten the rows; the
-    directions whose eigenvalue is below :data:`DEPENDENCE` times the
+    directions whose eigenvalue is below `DEPENDENCE` times the
     largest (rows that are nearly dependent, or zero) become zero rows, so
     the whitened rows ``Q`` have ``||Q||_2 <= 1``. One ``rows x rows``
     eigendecomposition per group, where a Householder QR of the tall
@@ -315,7 +315,7 @@ def subspace_iteration(kernel, block, geometry, min_steps=1, max_steps=50, rtol=
 
     ``block`` holds ``b`` start vectors (rows) ``X``. A step of subspace
     iteration maps them through ``A^T A``, orthonormalizes them (SVQB,
-    :func:`_whitening`) and rotates them onto their Ritz vectors
+    `_whitening`) and rotates them onto their Ritz vectors
     (Rayleigh-Ritz on the ``b x b`` Gram matrix of their images). The
     largest Ritz value ``sigma^2`` is a lower bound on ``||A||_2^2`` (the
     orthonormalized rows have norm at most one) that converges at the rate
@@ -328,13 +328,13 @@ def subspace_iteration(kernel, block, geometry, min_steps=1, max_steps=50, rtol=
     steps: watching them, not only the largest, keeps iterating while a
     direction that is about to overtake the top one is still converging;
     the weakest is left out, because a caller may put a random probe there
-    (:class:`keras_capacity.lipschitz_estimators.TrackedSubspace`), and
+    (`keras_capacity.lipschitz_estimators.TrackedSubspace`), and
     watching it would cost several steps in every call for nothing. A warm
     call takes one step: ``A`` twice and ``A^T`` once on ``b`` vectors.
 
     A grouped convolution (a depthwise one: one group per input channel) is
     block diagonal, so every group is iterated on its own: each row's slice
-    of a group's channels is that group's vector (:func:`_group_rows`),
+    of a group's channels is that group's vector (`_group_rows`),
     orthonormalized and rotated within the group, and one application of
     ``A`` to the ``b`` rows steps all groups at once. The estimate is the
     largest over the groups, so no group can overtake the tracked ones
@@ -353,7 +353,7 @@ def subspace_iteration(kernel, block, geometry, min_steps=1, max_steps=50, rtol=
     Args:
         kernel: the layer's kernel.
         block: ``(b, *geometry.input_shape(kernel.shape)[1:])`` start vectors.
-        geometry: an :class:`OperatorGeometry`.
+        geometry: an `OperatorGeometry`.
         min_steps: the fewest steps to take (at least one is taken).
         max_steps: the most steps to take.
         rtol: the relative change of the watched Ritz values that ends it.

@@ -7,9 +7,9 @@ Dense: clipping the singular values of ``K`` at ``lip`` is the exact
 projection onto the spectral ball. Circular convolution: the kernel is
 embedded in its input grid, where clipping every frequency's singular
 values is the exact projection onto the operator's ball
-(:class:`keras_capacity.fourier.CircularEmbedding`); the kernel's own
+(`keras_capacity.fourier.CircularEmbedding`); the kernel's own
 support is a further (linear) set. Pure tensor functions of
-:mod:`keras_capacity.fourier` and :mod:`keras_capacity.projections`, so
+`keras_capacity.fourier` and `keras_capacity.projections`, so
 they run inside the compiled train step.
 """
 
@@ -24,7 +24,7 @@ def project(kernel, initial_kernel, lip, dist, geometry, rounds):
     {||K - K0||_{2,1} <= dist}`` by ``rounds`` of Dykstra's algorithm,
     followed by the feasibility step: a radial rescale by the exact norm of
     the operator whose ball was projected onto
-    (:func:`keras_capacity.fourier.spectral_norm`) if it is still above
+    (`keras_capacity.fourier.spectral_norm`) if it is still above
     ``lip``, then the segment toward ``K0`` into the distance ball. Returns
     the kernel. The rescale is skipped where the last set projected onto is
     the spectral ball itself: a Dense kernel, and a circular kernel whose
@@ -33,10 +33,10 @@ def project(kernel, initial_kernel, lip, dist, geometry, rounds):
     For a circular convolution, one round over (distance ball, spectral
     ball, support) carries no increments, so it is the composition of the
     three projections, done on the kernel's own taps
-    (:meth:`~keras_capacity.fourier.CircularEmbedding.project_kernel`). A
+    (`project_kernel`). A
     grouped circular convolution is projected per group, as the
     block-diagonal plain convolution it equals
-    (:func:`keras_capacity.operators.ungrouped`).
+    (`keras_capacity.operators.ungrouped`).
     """
     if geometry.groups > 1:
         # Block diagonal over the groups: the plain convolution it equals
@@ -88,12 +88,12 @@ def project(kernel, initial_kernel, lip, dist, geometry, rounds):
 
 
 def project_screened(kernel, initial_kernel, lip, dist, block_screen, state):
-    """``(kernel, state)``: the one-round projection of :func:`project`
+    """``(kernel, state)``: the one-round projection of `project`
     (``rounds=1``, a finite ``lip``) of an output-side circular convolution,
     decomposing only the frequency blocks that the
-    :class:`~keras_capacity.screen.BlockScreen` cannot certify to lie in the
+    `BlockScreen` cannot certify to lie in the
     ball; ``state`` is the screen's (a kernel and bounds on its blocks),
-    returned for the projected kernel. The same steps as :func:`project`:
+    returned for the projected kernel. The same steps as `project`:
     the distance ball, the clipping, the feasibility rescale by the exact
     norm where it exceeds ``lip`` (unless the taps fill the grid), the
     segment toward ``K0``."""

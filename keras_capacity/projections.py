@@ -3,7 +3,7 @@
 Kernels are in Keras layouts, Dense ``(in, out)`` and Conv2D
 ``(kh, kw, in, out)``; in both the input axis is the second to last (the
 default ``axis``; a transposed convolution's ``(..., out, in)`` kernel has
-it last, :func:`keras_capacity.linear_layers.input_axis`), and the (2,1)
+it last, `keras_capacity.linear_layers.input_axis`), and the (2,1)
 group norm of ``D = K - K0`` takes the Euclidean norm over that axis for
 every output unit and kernel position, then sums:
 
@@ -11,7 +11,7 @@ every output unit and kernel position, then sums:
 
 Matrices (a Dense kernel, or a batch of per-frequency matrices of a
 circular convolution) are projected onto the spectral ball by clipping
-their singular values (:func:`clip_singular_values`). :func:`dykstra`
+their singular values (`clip_singular_values`). `dykstra`
 combines projections onto several convex sets.
 """
 
@@ -119,7 +119,7 @@ def split_real_rows(matrices, real_rows):
 
 
 def merge_real_rows(real, other, real_rows, shape, dtype):
-    """The inverse of :func:`_split`."""
+    """The inverse of `_split`."""
     parts = ([ops.cast(real, dtype)] if real is not None else []) + (
         [other] if other is not None else []
     )
@@ -131,7 +131,7 @@ def clip_singular_values(matrices, lip, real_rows=None):
     """``U min(S, lip) V^H`` for a batch of (real or complex) matrices.
 
     Computed from the Hermitian eigendecomposition of the smaller Gram
-    matrix (:func:`singular_value_shrinkage`), which is several times faster
+    matrix (`singular_value_shrinkage`), which is several times faster
     than an SVD on a CPU. ``real_rows`` (a numpy boolean array over the
     batch axes) marks complex matrices known to be real, which are clipped
     in real arithmetic (a real eigendecomposition costs a fraction of a

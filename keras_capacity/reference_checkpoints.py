@@ -9,10 +9,10 @@ Lipschitz rescaling, which is the ``K0`` the reference measures distances
 from. Kernels of layers on 2x2 and 1x1 maps are stored as the reference
 left them at its first forward pass (cropped to 2x2, summed to 1x1).
 
-:func:`from_reference` builds our model of the same architecture
-(:mod:`keras_capacity.models`) with the reference's weights and ``K0``, and
+`from_reference` builds our model of the same architecture
+(`keras_capacity.models`) with the reference's weights and ``K0``, and
 returns it bound. The files are read without PyTorch, by
-:func:`keras_capacity.torch_state_dict.load_torch_state_dict`.
+`keras_capacity.torch_state_dict.load_torch_state_dict`.
 """
 
 import warnings
@@ -261,10 +261,10 @@ def from_reference(
     >>> model = kc.from_reference("run/model_200.pt", "preact_resnet18",
     ...                           init="run/model_0.pt", dist=(90, 90, 90, 0))
 
-    The network is :mod:`keras_capacity.models`' ``arch`` with the
-    reference's max-pool windows (:class:`~keras_capacity.layers.PaddedMaxPooling2D`)
+    The network is `keras_capacity.models`' ``arch`` with the
+    reference's max-pool windows (`PaddedMaxPooling2D`)
     and BatchNorm epsilon: its logits are the reference's. Kernels are
-    converted by :func:`~keras_capacity.layers.kernel_from_reference`; the
+    converted by `kernel_from_reference`; the
     simplex classifier keeps the checkpoint's prototypes (their spectral norm
     must be the simplex's).
 
@@ -289,7 +289,7 @@ def from_reference(
             the kernels do not tell).
         lip, dist: the run's ``--lip``/``--dist``: the bounds for further
             training, and ``dist[3] == 0`` means the fixed simplex classifier.
-        mode, n_iter, every, input_shape: as in :mod:`keras_capacity.models`
+        mode, n_iter, every, input_shape: as in `keras_capacity.models`
             (``input_shape`` defaults to 32x32 with the checkpoint's channels).
         bind: bind the ``LipDist`` constraints to ``K0`` (default), or
             return the network without constraints.

@@ -1,4 +1,4 @@
-"""Constraining an existing Keras model: :func:`constrain`."""
+"""Constraining an existing Keras model: `constrain`."""
 
 import math
 import warnings
@@ -14,7 +14,7 @@ _SETTINGS = ("lip", "dist", "mode", "n_iter", "every")
 
 def _supported(layer):
     """Whether ``LipDist`` can constrain the layer's map: every linear
-    layer (:data:`keras_capacity.linear_layers.LINEAR_LAYERS`)."""
+    layer (`keras_capacity.linear_layers.LINEAR_LAYERS`)."""
     return linear_layers.is_linear(layer)
 
 
@@ -62,7 +62,7 @@ def constrain(
     every: int = 1,
     overrides: dict | None = None,
 ) -> keras.Model:
-    """A copy of ``model`` with a :class:`LipDist` on every supported kernel.
+    """A copy of ``model`` with a `LipDist` on every supported kernel.
 
     The copy (``keras.models.clone_model``) has the original weights; every
     linear layer (``Dense``; ``Conv1D``/``2D``/``3D`` with any groups;
@@ -70,7 +70,7 @@ def constrain(
     dist, mode=..., n_iter=..., every=...)`` on its map (as its
     ``kernel_constraint``, ``depthwise_constraint`` or, for a separable
     layer, ``pointwise_constraint``) and the model is bound
-    (:func:`keras_capacity.bind`), so kernels above ``lip`` are scaled down
+    (`keras_capacity.bind`), so kernels above ``lip`` are scaled down
     and ``K0`` is recorded. It is ready to compile and fit. With
     ``mode="orthogonal"``, give the layers that have no nearest kernel
     (zero-padded and separable ones) ``{"mode": "radial"}`` by override,
@@ -132,7 +132,7 @@ def constrain(
 
 def unconstrained_layers(model: keras.Model) -> list[str]:
     """The names of the layers of ``model`` with trainable weights and no
-    ``LipDist`` (what :func:`constrain`'s warning counts), in order."""
+    ``LipDist`` (what `constrain`'s warning counts), in order."""
     constrained = {id(layer) for layer, _ in binding.constrained_layers(model)}
     return [
         layer.name

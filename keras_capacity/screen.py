@@ -3,7 +3,7 @@ frequency blocks that can exceed the bound.
 
 A circular convolution is block diagonal in the Fourier basis: one block
 ``X(g)`` per output frequency (its aliases stacked; one of each conjugate
-pair, :class:`keras_capacity.fourier.LatticePairs`), and ``Lip(K) =
+pair, `keras_capacity.fourier.LatticePairs`), and ``Lip(K) =
 max_g sigma_max(X(g))``. Projecting onto ``{Lip <= lip}`` changes only the
 blocks with ``sigma_max(X(g)) > lip``, and the exact norm is decided by
 them alone. Between two kernels ``K`` and ``K'``, Weyl's inequality bounds
@@ -13,19 +13,19 @@ every block without decomposing it:
 
 and the last term is one product of a (blocks x tap pairs) matrix with the
 change's tap inner products
-(:meth:`~keras_capacity.fourier.LatticePairs.block_frobenius`). A
-:class:`BlockScreen`'s state is a kernel and an upper bound on every block
-of it; any later kernel's bounds follow from it (:meth:`BlockScreen.carried`),
+(`block_frobenius`). A
+`BlockScreen`'s state is a kernel and an upper bound on every block
+of it; any later kernel's bounds follow from it (`BlockScreen.carried`),
 and only the blocks whose bound exceeds ``lip`` are decomposed, exactly
 (``eigh`` of their Gram matrices), which refreshes their bounds. Unknown
 bounds (``inf``: a constraint just bound or loaded without them) make the
 first projection decompose every block.
 
 Shapes stay static (XLA, JAX): a compiled conditional decomposes none of
-the blocks, or :data:`CAPACITIES` of each kind (real and complex Gram
+the blocks, or `CAPACITIES` of each kind (real and complex Gram
 matrices: the smallest share that holds every block above ``lip``), or
 all of them. Every bound kept, carried or decomposed, is inflated by
-:data:`INFLATION` relative, above the float32 rounding of the products and
+`INFLATION` relative, above the float32 rounding of the products and
 eigenvalues it comes from (about ``1e-7`` in the tests), so bounds stay
 upper bounds over any number of projections; a block whose bound creeps
 up to ``lip`` is decomposed and its bound made exact again.
@@ -51,7 +51,7 @@ UNKNOWN = math.inf
 def applies(geometry, kernel_shape):
     """Whether the blocks are screened: an ungrouped circular convolution
     whose strides divide its input and whose Gram matrices are on the
-    output side (:func:`keras_capacity.fourier.plan`), the path where the
+    output side (`keras_capacity.fourier.plan`), the path where the
     projection works on the kernel's taps."""
     return (
         fourier.is_circular(geometry)
@@ -166,7 +166,7 @@ class BlockScreen:
         """``(kernel', bounds)``: ``kernel'`` has every block's singular
         values clipped at ``lip`` on its input grid, restricted to the
         kernel's taps (as
-        :meth:`~keras_capacity.fourier.CircularEmbedding.project_kernel`);
+        `project_kernel`);
         ``bounds`` are ``kernel``'s (the input's), exact at the blocks
         decomposed."""
         lip = ops.convert_to_tensor(lip, kernel.dtype)
@@ -204,5 +204,5 @@ class BlockScreen:
 
 
 def choose(geometry, kernel_shape):
-    """The layer's screen, or ``None`` where :func:`applies` does not hold."""
+    """The layer's screen, or ``None`` where `applies` does not hold."""
     return BlockScreen(geometry, kernel_shape) if applies(geometry, kernel_shape) else None

@@ -2,7 +2,7 @@
 
 A ``SeparableConv1D``/``2D`` computes depthwise ``D`` then pointwise ``P``,
 which is one convolution with the composed kernel ``C(D, P)``
-(:func:`keras_capacity.linear_layers.compose`). What the library reports
+(`keras_capacity.linear_layers.compose`). What the library reports
 for it (``kc.lipschitz``, ``kc.distance``, ``kc.measure``) is that map's:
 ``Lip(C)`` and ``||C - C0||_{2,1}`` over ``C``'s input channels, with
 ``C0 = C(D0, P0)``. ``LipDist`` constrains exactly these two numbers,
@@ -19,7 +19,7 @@ moving both kernels:
   convex and can rise a little above ``lip`` (by a term of second order in
   the step). Rescaling and retracting alternate until the Lipschitz
   constant is within ``lip (1 + FEASIBILITY_SLACK)`` with the distance met
-  exactly, at most :data:`FEASIBILITY_ROUNDS` times (in practice one or
+  exactly, at most `FEASIBILITY_ROUNDS` times (in practice one or
   two); failing that, the kernels return to ``(D0, P0)``, which satisfies
   both. The result satisfies both bounds.
 

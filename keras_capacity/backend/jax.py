@@ -1,12 +1,12 @@
-"""The JAX side of :mod:`keras_capacity.backend`.
+"""The JAX side of `keras_capacity.backend`.
 
 **Where the constraint projects on JAX.** Keras's JAX trainer applies
 constraints inside ``optimizer.stateless_apply``, whose scope maps only the
 trainable and the optimizer variables; during ``fit`` the model's other
 variables hold no values at all (the state travels as arrays), so a
-constraint cannot read ``K0`` or count steps there. :func:`keras_capacity.bind`
+constraint cannot read ``K0`` or count steps there. `keras_capacity.bind`
 therefore installs a projection into the model's own train step
-(:func:`install_projection_step`): after Keras's step, every ``LipDist``
+(`install_projection_step`): after Keras's step, every ``LipDist``
 projects its kernel with the whole state mapped (kernels, ``K0``, step
 counts, estimator state), and the updated arrays go on in the state. The
 optimizer's own call of the constraint leaves the kernel as it is.

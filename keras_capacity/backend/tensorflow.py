@@ -1,8 +1,8 @@
-"""The TensorFlow side of :mod:`keras_capacity.backend`.
+"""The TensorFlow side of `keras_capacity.backend`.
 
 Keras's TensorFlow trainer applies constraints inside the compiled train
 step with every variable readable and assignable, so ``LipDist`` projects
-there itself (:func:`install_projection_step` has nothing to do).
+there itself (`install_projection_step` has nothing to do).
 """
 
 import contextlib

@@ -3,7 +3,7 @@
 The base flags are those of ``train_main.py`` (a flag file works as there);
 the sweep adds ``--grid`` (repeatable), ``--search`` and ``--resolution``
 (a bisection or a frontier instead of the whole grid,
-:mod:`keras_capacity.sweep.search`), ``--seeds``, ``--tolerance`` and
+`keras_capacity.sweep.search`), ``--seeds``, ``--tolerance`` and
 ``--workdir``. The work directory keeps ``sweep.flags``, the sweep's
 definition: the same directory with another definition is refused with the
 differences listed, and the same command run again finishes what is left.
@@ -82,7 +82,7 @@ def definition_text(values):
 
 def claim(workdir, values):
     """Keeps the sweep's definition in ``workdir``; a
-    :class:`~keras_capacity.training.runs.RunError` listing the differences
+    `RunError` listing the differences
     if it already holds another sweep."""
     from keras_capacity.training import runs
 

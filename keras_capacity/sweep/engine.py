@@ -1,8 +1,8 @@
 """Running a sweep's trials, in one process or spread over many.
 
-The trials are handed out by KerasTuner, through :class:`SweepOracle`, a
+The trials are handed out by KerasTuner, through `SweepOracle`, a
 KerasTuner ``Oracle`` over one choice (the trial's index) that asks the
-sweep's search (:mod:`keras_capacity.sweep.search`) what to train next:
+sweep's search (`keras_capacity.sweep.search`) what to train next:
 every grid point, or the values a bisection needs (with ``k`` workers, a
 round of k-section). Without KerasTuner's environment variables the
 search runs in this process. With them it is distributed the way
@@ -14,7 +14,7 @@ trains them, in the same work directory (a shared file system across
 machines).
 
 A trial is an ordinary run directory (``WORKDIR/trials/<name>``) trained
-by :func:`keras_capacity.training.train_and_evaluate`, so the run
+by `keras_capacity.training.train_and_evaluate`, so the run
 directories, not KerasTuner's state, say what is done: each search starts
 KerasTuner afresh, a finished trial is read back without training, an
 interrupted one resumes from its backup, and a failed one (diverged, bad
@@ -52,7 +52,7 @@ def is_chief():
 
 class Sweep:
     """A sweep's trials in its work directory. ``search``: what to train
-    (:mod:`keras_capacity.sweep.search`; default: every trial of the grid
+    (`keras_capacity.sweep.search`; default: every trial of the grid
     ``axes``)."""
 
     def __init__(self, workdir, definition, axes, trials, tolerance=None, log=print, search=None):
@@ -134,18 +134,18 @@ class Sweep:
         ]
 
     def plan(self, handed=(), workers=1):
-        """What the search wants trained now (:class:`search.Plan`), given
+        """What the search wants trained now (`search.Plan`), given
         the trials handed out in this search."""
         started = {t.name for t in self.trials if t.name in handed or self.started(t)}
         return self.search.plan(self.summary(), started, workers)
 
     def chance(self):
-        """The test set's chance level (:func:`results.chance_level`), from
+        """The test set's chance level (`results.chance_level`), from
         its labels, read once per process; when they cannot be read (a chief
         on a machine without the data), an unknown one that says why.
 
         A trial whose run summary records ``test_class_counts`` needs none
-        of this (:func:`results.summarize` prefers those)."""
+        of this (`results.summarize` prefers those)."""
         if self._chance is None:
             config = self.trials[0].config
             try:

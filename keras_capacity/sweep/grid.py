@@ -12,7 +12,7 @@ flags with no constraint at all) always belongs to the sweep.
 
 A search (``--search=bisect`` or ``frontier``) gives its searched axis as a
 bracket, ``NAME:LOOSE,TIGHT``, instead: its candidates are the values of
-:func:`log_grid`, log-evenly spaced between the two ends, each less than a
+`log_grid`, log-evenly spaced between the two ends, each less than a
 factor ``--resolution`` from the next (the dense grid a search replaces).
 """
 
@@ -55,7 +55,7 @@ class Axis:
 
 
 def parse_axis(spec):
-    """An :class:`Axis` from ``NAME:V1,V2,...``; a :class:`GridError` that
+    """An `Axis` from ``NAME:V1,V2,...``; a `GridError` that
     says what is wrong otherwise."""
     name, colon, values = str(spec).partition(":")
     name = name.strip()
@@ -110,7 +110,7 @@ def parse_grid(specs):
 
 def parse_bracket(spec, search):
     """The ``(tight, loose)`` ends of a searched axis ``NAME:LOOSE,TIGHT``
-    (either order) as an :class:`Axis`; a :class:`GridError` when it has
+    (either order) as an `Axis`; a `GridError` when it has
     another number of values or an end a log scale cannot hold."""
     axis = parse_axis(spec)
     if len(axis.values) != 2:
@@ -140,7 +140,7 @@ def check_resolution(resolution):
 
 
 def log_grid(bracket, resolution):
-    """The values a search of ``bracket`` (an :class:`Axis` with its two
+    """The values a search of ``bracket`` (an `Axis` with its two
     ends) chooses from: ``tight * (loose / tight) ** (j / n)`` for ``j = 0
     .. n``, the fewest ``n`` that puts consecutive values less than a
     factor ``resolution`` apart, each rounded to the fewest significant

@@ -324,11 +324,11 @@ def summarize(
     definition, axes, records, tolerance=None, chance=None, search=None, estimate_axes=None
 ):
     """The contents of ``sweep.json``. ``chance``: the test set's chance
-    level (:func:`chance_level`); a record's own ``test_class_counts`` (from
+    level (`chance_level`); a record's own ``test_class_counts`` (from
     its run's summary) is preferred; without either, whether the networks
     learned goes unchecked.
 
-    ``search`` (a :mod:`~keras_capacity.sweep.search` search other than the
+    ``search`` (a `search` search other than the
     grid): only points every seed of which finished take part in the
     estimate (each of the search's decisions uses the seeds' mean), and
     the search adds its own part (its bracket, or its frontier).
@@ -577,7 +577,7 @@ def markdown(sweep, axes):
 
 
 def search_module():
-    """:mod:`keras_capacity.sweep.search`, which renders its own parts (it
+    """`keras_capacity.sweep.search`, which renders its own parts (it
     imports this module)."""
     from keras_capacity.sweep import search
 
@@ -773,7 +773,7 @@ def _write_text(text):
 
 def write(workdir, sweep, axes):
     """Writes ``sweep.json``, ``sweep.md`` and ``sweep.png`` into
-    ``workdir``, each whole or not at all (:func:`_write_whole`): a reader,
+    ``workdir``, each whole or not at all (`_write_whole`): a reader,
     or a sweep killed while writing, never finds half a file."""
     text = json.dumps(_finite_or_none(sweep), indent=2) + "\n"
     _write_whole(os.path.join(workdir, RESULTS), _write_text(text))

@@ -10,10 +10,10 @@ replaces the grid (``--search``):
   The sweep trains the baseline and both ends. A tight end within the
   tolerance is the answer; a loose end over it is reported as such, never
   as an estimate. Otherwise it bisects on a log scale (over
-  :func:`~keras_capacity.sweep.grid.log_grid`, the dense grid at
+  `log_grid`, the dense grid at
   ``--resolution``) until the tightest value within the tolerance and the
   loosest over it are less than a factor ``--resolution`` apart. With ``k``
-  workers (KerasTuner's, see :mod:`keras_capacity.sweep.engine`) it is
+  workers (KerasTuner's, see `keras_capacity.sweep.engine`) it is
   k-section: each round trains ``k`` interior values (``k // --seeds``
   points, at least one, so that a round is one wave of trainings).
 * ``frontier``: two axes, the rows ``NAME:V1,V2,...`` and the bracket
@@ -21,11 +21,11 @@ replaces the grid (``--search``):
   e.g. ``lip`` against ``dist``).
 
 **Decisions** read only finished points, through
-:mod:`keras_capacity.sweep.results`: a point is decided when every seed
+`keras_capacity.sweep.results`: a point is decided when every seed
 of it finished, and it *passes* when it learned and its mean test error
 over the seeds is within the baseline's plus the tolerance
-(:func:`results.passes`). The value within the tolerance is the safe one
-(:func:`results.axis_estimate`): no looser decided value fails. The value
+(`results.passes`). The value within the tolerance is the safe one
+(`results.axis_estimate`): no looser decided value fails. The value
 over it is the loosest failing one below that. So records that contradict
 the assumption below move the answer to the looser, safe side, and are
 named in ``sweep.md``.
@@ -71,7 +71,7 @@ class Plan:
 
 def make(config, specs, seeds, kind="grid", resolution=None):
     """The search of ``--search=kind`` over the ``--grid`` specs; a
-    :class:`~keras_capacity.sweep.grid.GridError` (one line) for bad settings,
+    `GridError` (one line) for bad settings,
     before anything trains."""
     if kind not in KINDS:
         raise grid.GridError(f"--search must be one of {', '.join(KINDS)}, got {kind!r}.")
@@ -200,7 +200,7 @@ class BoundarySearch:
         return baseline["test_error"] + summary["tolerance"]
 
     def _rows(self, summary, started=(), workers=1):
-        """Every row's :class:`Row` (what it knows, what it wants next)."""
+        """Every row's `Row` (what it knows, what it wants next)."""
         points = {}
         for point in summary["points"]:
             if not point["baseline"]:

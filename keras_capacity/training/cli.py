@@ -1,7 +1,7 @@
 """The training program's commands: flags in, one call, one-line errors out.
 
 ``train_main.py`` and the installed ``keras-capacity-train`` command run
-:func:`train`: absl parses the flags, :func:`keras_capacity.training.train_and_evaluate`
+`train`: absl parses the flags, `keras_capacity.training.train_and_evaluate`
 does the work, and a bad setting or a run that cannot go on ends the
 program with ``error: <what and what to do>`` (exit status 2), not a
 traceback or the whole ``--help`` text.

@@ -1,10 +1,10 @@
-"""What defines a training run: :class:`RunConfig`, validated on construction.
+"""What defines a training run: `RunConfig`, validated on construction.
 
-The command line (:mod:`keras_capacity.training.flags`), a run directory's
+The command line (`keras_capacity.training.flags`), a run directory's
 ``flags.txt`` and a sweep's trials all produce a ``RunConfig``, and a run is
 the same run exactly when its config is equal. Every field is checked when
 the config is made, before anything is written, and a bad value is a
-:class:`ConfigError` whose one-line message names the flag.
+`ConfigError` whose one-line message names the flag.
 """
 
 import dataclasses
@@ -101,7 +101,7 @@ class RunConfig:
     @classmethod
     def from_flag_values(cls, values):
         """The config of ``{flag name: text}`` (a ``flags.txt``); unknown
-        names are a :class:`ConfigError`."""
+        names are a `ConfigError`."""
         names = {field.name: field for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - set(names))
         if unknown:

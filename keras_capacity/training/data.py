@@ -1,16 +1,16 @@
 """Input pipelines: the bundled offline dataset, CIFAR-10/100 (TFDS),
 Tiny-ImageNet-200 (its standard folder layout), and any other image
 dataset: ``tfds:NAME``, a folder of class subfolders or an ``.npz`` file
-(:mod:`keras_capacity.training.dataset_sources`).
+(`keras_capacity.training.dataset_sources`).
 
 Training never downloads: CIFAR is prepared once, on a machine with
 internet, by ``keras-capacity-data prepare cifar10 --data_dir=DIR`` (or
 ``python -m keras_capacity.training.data prepare ...``, or TFDS's own
 ``tfds build cifar10 --data_dir=DIR``), and training then reads
-``--data_dir=DIR``. Data that is not there is a :class:`DataNotFound` that
+``--data_dir=DIR``. Data that is not there is a `DataNotFound` that
 says where it was looked for and how to get it.
 
-:func:`load` returns normalized ``tf.data`` pipelines that cache the decoded
+`load` returns normalized ``tf.data`` pipelines that cache the decoded
 images, shuffle, batch and prefetch, so an accelerator is not left waiting.
 Inputs are normalized per channel with the statistics of SPEC §5 (the
 other datasets: those of their training split, computed when loading),
@@ -60,7 +60,7 @@ def prepare_command(name, data_dir):
 
 @dataclasses.dataclass
 class Data:
-    """What :func:`load` returns."""
+    """What `load` returns."""
 
     train: tf.data.Dataset
     test: tf.data.Dataset
@@ -224,16 +224,16 @@ def _augment(image, label):
 
 
 def source(name):
-    """The :class:`~keras_capacity.training.dataset_sources.Source` of
+    """The `Source` of
     ``--dataset=name``: a ``ValueError`` (an ``UnknownDataset`` for a bare
-    unknown name) unless it is one of :data:`DATASETS`, ``tfds:NAME``, an
+    unknown name) unless it is one of `DATASETS`, ``tfds:NAME``, an
     existing folder or an existing ``.npz`` file."""
     return dataset_sources.parse(name, DATASETS)
 
 
 def _named(name, data_dir):
     """``(train, test, num_classes, num_train, num_test)`` of one of
-    :data:`DATASETS`."""
+    `DATASETS`."""
     if name == "shapes10":
         return _shapes10()
     if name == "tiny_imagenet":
@@ -259,7 +259,7 @@ def load(
     """Normalized, batched train and test pipelines for dataset ``name``.
 
     Args:
-        name: one of :data:`DATASETS` (``shapes10`` is bundled and needs no
+        name: one of `DATASETS` (``shapes10`` is bundled and needs no
             download), ``tfds:NAME`` (any TFDS image-classification dataset
             prepared in ``data_dir``), a folder with ``train/<class>/`` and
             ``test/<class>/`` image folders, or an ``.npz`` file with
@@ -279,7 +279,7 @@ def load(
             what a model trained elsewhere expects.
 
     Returns:
-        A :class:`Data`.
+        A `Data`.
     """
     if inputs not in INPUTS:
         raise ValueError(f"inputs={inputs!r}: expected one of {INPUTS}.")

@@ -1,13 +1,13 @@
 """Datasets beyond the four named ones: any TFDS image-classification
 dataset (``tfds:NAME``), a folder of class subfolders, an ``.npz`` file.
 
-:func:`parse` tells which form a ``--dataset`` value has (the run's config
+`parse` tells which form a ``--dataset`` value has (the run's config
 calls it, so a malformed value or a missing path stops the run before
-anything is written); :func:`read` returns the raw ``(image, label)``
+anything is written); `read` returns the raw ``(image, label)``
 pipelines of one, its number of classes and the per-channel statistics of
 its training images. These datasets come with no published statistics, so
 they are computed from the training split in one streaming pass with
-float64 sums (:func:`channel_statistics`): no dataset is ever held in
+float64 sums (`channel_statistics`): no dataset is ever held in
 memory as floats, however large.
 """
 
@@ -58,8 +58,8 @@ class UnknownDataset(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-    """One ``--dataset`` value: its ``kind`` (:data:`NAMED`, :data:`TFDS`,
-    :data:`FOLDER` or :data:`NPZ`) and the name or path it names."""
+    """One ``--dataset`` value: its ``kind`` (`NAMED`, `TFDS`,
+    `FOLDER` or `NPZ`) and the name or path it names."""
 
     kind: str
     target: str
@@ -67,7 +67,7 @@ class Source:
 
 @dataclasses.dataclass
 class Raw:
-    """What :func:`read` returns: unnormalized ``(image, label)`` pipelines
+    """What `read` returns: unnormalized ``(image, label)`` pipelines
     and what normalizing them needs."""
 
     train: tf.data.Dataset
@@ -81,11 +81,11 @@ class Raw:
 
 
 def parse(name, named=()):
-    """The :class:`Source` of ``--dataset=name``; ``named`` are the
+    """The `Source` of ``--dataset=name``; ``named`` are the
     datasets known by name, which win over a folder of the same name
     (write ``./NAME`` for the folder).
 
-    A bare unknown name is an :class:`UnknownDataset`; a malformed
+    A bare unknown name is an `UnknownDataset`; a malformed
     ``tfds:`` value or a path that is not there a ``ValueError``.
     """
     if not isinstance(name, str) or not name:
@@ -133,9 +133,9 @@ def short_name(name):
 
 
 def read(source, data_dir=None):
-    """The :class:`Raw` data of a ``tfds:``, folder or ``.npz`` source.
+    """The `Raw` data of a ``tfds:``, folder or ``.npz`` source.
 
-    Raises :class:`DataNotFound` for a TFDS dataset that is not prepared,
+    Raises `DataNotFound` for a TFDS dataset that is not prepared,
     ``ValueError`` (with the expected layout) for data that does not fit.
     """
     if source.kind == TFDS:
@@ -148,7 +148,7 @@ def read(source, data_dir=None):
 
 
 def _with_statistics(train, test, num_classes, num_test, divisor, num_train=None):
-    """The :class:`Raw` of these pipelines, with the training images'
+    """The `Raw` of these pipelines, with the training images'
     statistics (and their count, where it was not known)."""
     mean, std, count = channel_statistics(train.map(lambda image, label: image), divisor)
     if num_train is not None and count != num_train:

@@ -1,8 +1,8 @@
-"""The training program's absl flags, one per :class:`RunConfig` field.
+"""The training program's absl flags, one per `RunConfig` field.
 
-:func:`define_flags` defines them (with the config's defaults) on a
-``FlagValues``; :func:`config_from_flags` turns the parsed values into a
-validated :class:`RunConfig`. ``train_main.py`` and the sweep share them.
+`define_flags` defines them (with the config's defaults) on a
+``FlagValues``; `config_from_flags` turns the parsed values into a
+validated `RunConfig`. ``train_main.py`` and the sweep share them.
 Range checks live in the config, not here, so that every way of making a
 run (flags, ``flags.txt``, Python) is checked alike.
 """
@@ -57,7 +57,7 @@ _HELP = {
 
 
 def define_flags(flag_values=flags.FLAGS):
-    """Defines one flag per :class:`RunConfig` field, plus ``--logdir``."""
+    """Defines one flag per `RunConfig` field, plus ``--logdir``."""
     defaults = run_config.RunConfig()
     for name, value in defaults.flag_values().items():
         default = getattr(defaults, name)
@@ -80,8 +80,8 @@ def define_flags(flag_values=flags.FLAGS):
 
 
 def config_from_flags(flag_values=flags.FLAGS):
-    """The validated :class:`RunConfig` of the parsed flags (a
-    :class:`~keras_capacity.training.config.ConfigError` names a bad one)."""
+    """The validated `RunConfig` of the parsed flags (a
+    `ConfigError` names a bad one)."""
     names = run_config.RunConfig().flag_values()
     return run_config.RunConfig(**{name: flag_values[name].value for name in names})
 

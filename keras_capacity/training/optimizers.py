@@ -4,7 +4,7 @@ PyTorch's ``SGD(weight_decay=wd)`` adds ``wd * w`` to the gradient before
 momentum (coupled L2: the same as adding ``wd/2 ||w||^2`` to the loss).
 Keras's ``weight_decay`` is decoupled instead (``w -= lr * wd * w`` after
 the step, outside the momentum), which with momentum 0.9 decays about ten
-times less at the same ``wd``. :class:`SGD` and :class:`LARS` here couple it
+times less at the same ``wd``. `SGD` and `LARS` here couple it
 as PyTorch does, so the reference's ``--wd`` means the same thing.
 """
 
@@ -105,7 +105,7 @@ def create(name, learning_rate, momentum=0.9, weight_decay=0.0):
     """The training program's optimizer ``name``, as the reference builds
     it: ``sgd`` (momentum, coupled weight decay), ``adam`` and ``lamb``
     (Keras's, without weight decay or momentum, like the reference),
-    ``lars`` (:class:`LARS` with momentum and coupled weight decay)."""
+    ``lars`` (`LARS` with momentum and coupled weight decay)."""
     if name == "sgd":
         return SGD(learning_rate, momentum=momentum, l2=weight_decay)
     if name == "adam":

@@ -4,14 +4,14 @@
     keras-capacity-report --model TRAINED.keras [--init INIT.keras] --data DATA --out DIR
     python -m keras_capacity.training.report ...
 
-Measures the model (:func:`keras_capacity.measure`: the run's
+Measures the model (`keras_capacity.measure`: the run's
 ``model_final.keras`` on the data its flags name, or ``--model`` on
 ``--data``, which takes what ``--dataset`` of training takes) and writes
 into ``RUN_DIR`` or ``--out``:
 
 * ``report.md``, which leads with what the bounds say about the test error:
   for each of the twelve bounds, at its best margin, "with probability
-  0.95 the test error is at most X" (:func:`keras_capacity.bounds.error_bound`),
+  0.95 the test error is at most X" (`keras_capacity.bounds.error_bound`),
   *vacuous* when ``X >= 1``, beside the measured test error and the
   quantities that drive the bound; then the layers, the complexity bounds at
   a chosen margin (``--gamma``: a value, or ``qP``, the ``P``-th percentile
@@ -19,7 +19,7 @@ into ``RUN_DIR`` or ``--out``:
 * ``report.json`` with the same numbers;
 * ``bounds.png`` (every complexity bound against the margin, and every
   test-error bound against the margin with the measured test error; only
-  where the bounds apply, see :mod:`keras_capacity.measurement`),
+  where the bounds apply, see `keras_capacity.measurement`),
   ``margins.png`` (train and test margin densities) and ``constraints.png``
   (each layer's Lipschitz constant and distance against their bounds).
 
@@ -449,7 +449,7 @@ def _load_summary(run_dir):
 
 
 def load_model(path, what="the trained model"):
-    """A ``.keras`` model, or a :class:`~keras_capacity.training.runs.RunError`
+    """A ``.keras`` model, or a `RunError`
     that says it is missing or damaged."""
     import keras
 
@@ -498,12 +498,12 @@ def write_report(
 ) -> dict:
     """Writes the report of the finished run in ``run_dir``.
 
-    ``model``, ``data`` (a :class:`keras_capacity.training.data.Data`) and
+    ``model``, ``data`` (a `keras_capacity.training.data.Data`) and
     ``record`` default to the run's final model, the data its flags name,
-    and what :func:`keras_capacity.measure` measures there; ``gamma`` is
-    where the complexity bounds are tabulated (see :func:`chosen_margin`).
+    and what `keras_capacity.measure` measures there; ``gamma`` is
+    where the complexity bounds are tabulated (see `chosen_margin`).
     Returns the report's dict; a missing or damaged file is a
-    :class:`~keras_capacity.training.runs.RunError`, a bad ``gamma`` a
+    `RunError`, a bad ``gamma`` a
     ``ValueError``.
     """
     summary = _load_summary(run_dir)
@@ -524,7 +524,7 @@ def measure_model(
     inputs="standardized",
 ):
     """``keras-capacity-report --model``: the report of a model trained
-    anywhere, on a dataset that :func:`keras_capacity.training.data.load`
+    anywhere, on a dataset that `keras_capacity.training.data.load`
     reads (``inputs``: see there), into ``out_dir``. Everything is measured
     before anything is written, so a bad input leaves no file behind."""
     from keras_capacity.training import data as datasets

@@ -2,7 +2,7 @@
 
 A run directory holds ``flags.txt``, a flag file that reproduces the run
 (``train_main.py --flagfile=RUN/flags.txt --logdir=RUN``). Opening a
-directory (:func:`open_run`) for a :class:`RunConfig` tells how far the run
+directory (`open_run`) for a `RunConfig` tells how far the run
 got there:
 
 * ``"new"``: nothing there yet, or a ``flags.txt`` from a command that
@@ -13,7 +13,7 @@ got there:
 * ``"complete"``: ``summary.json`` is there.
 
 A directory whose training started under other flags is refused with the
-differences listed. Damaged files end in one :class:`RunError` line that
+differences listed. Damaged files end in one `RunError` line that
 names the file and says what to do.
 """
 
@@ -58,7 +58,7 @@ def write_json(path, value):
 
 
 def read_json(path, what):
-    """The JSON in ``path``; a :class:`RunError` naming ``what`` it holds
+    """The JSON in ``path``; a `RunError` naming ``what`` it holds
     if it is missing or damaged."""
     try:
         with open(path) as f:
@@ -70,7 +70,7 @@ def read_json(path, what):
 
 
 def check_writable(run_dir):
-    """Creates ``run_dir`` if needed; a :class:`RunError` if it cannot be
+    """Creates ``run_dir`` if needed; a `RunError` if it cannot be
     written (each process probes with its own file name)."""
     try:
         os.makedirs(run_dir, exist_ok=True)
@@ -91,7 +91,7 @@ def flag_file_text(config):
 
 
 def parse_flag_file(text):
-    """``{name: value text}`` of a flag file written by :func:`flag_file_text`."""
+    """``{name: value text}`` of a flag file written by `flag_file_text`."""
     values = {}
     for line in text.splitlines():
         if line.startswith("--") and "=" in line:
@@ -101,7 +101,7 @@ def parse_flag_file(text):
 
 
 def saved_config(run_dir):
-    """The :class:`RunConfig` of ``run_dir/flags.txt``, or ``None``."""
+    """The `RunConfig` of ``run_dir/flags.txt``, or ``None``."""
     path = os.path.join(run_dir, FLAGS_FILE)
     if not os.path.exists(path):
         return None
@@ -121,7 +121,7 @@ def training_started(run_dir):
 def open_run(run_dir, config):
     """Makes ``run_dir`` the directory of the run ``config``; returns its
     state (``"new"``, ``"resume"``, ``"trained"`` or ``"complete"``, see the
-    module docstring). Raises :class:`RunError` for a directory that holds
+    module docstring). Raises `RunError` for a directory that holds
     another run, or a damaged ``flags.txt`` or ``summary.json``."""
     check_writable(run_dir)
     saved = saved_config(run_dir)
@@ -143,7 +143,7 @@ def open_run(run_dir, config):
 
 
 def read_summary(run_dir):
-    """The run's ``summary.json``; a :class:`RunError` that says what to do
+    """The run's ``summary.json``; a `RunError` that says what to do
     when it is damaged."""
     path = os.path.join(run_dir, SUMMARY_FILE)
     if not os.path.exists(path):

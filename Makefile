@@ -1,7 +1,8 @@
 # `make test`: set up a virtual environment (if there is none), lint, build the docs,
 # and run the suite on TensorFlow, then its JAX part (`make test-jax`).
 # `make docs`: the documentation site (mkdocs.yml) into site/, warnings as errors.
-# `make notebooks`: the guides (docs/guides/*.py) as notebooks in notebooks/, for Colab.
+# `make notebooks`: the guides (docs/guides/*.py) as notebooks in notebooks/, for Colab
+# (`make notebooks REPOSITORY=https://...`: where their first cell installs the package from).
 # `make demo`: set up and run the main job on the bundled offline data.
 # `make lint`: ruff's linter and formatter check (configured in pyproject.toml).
 # `make sweep`: measure excess capacity on the bundled data by bisection (a search);
@@ -33,11 +34,16 @@ lint: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
+# The repository the notebooks' Colab cells install from: REPOSITORY=https://...,
+# else git's origin when it is an https URL (Colab cannot use ssh).
+REPOSITORY ?= $(filter https://%,$(shell git remote get-url origin 2>/dev/null))
+
 notebooks: $(STAMP)
 	mkdir -p notebooks
 	for guide in docs/guides/*.py; do \
 		$(VENV)/bin/jupytext --quiet --to ipynb --output notebooks/$$(basename $$guide .py).ipynb $$guide; \
 	done
+	$(if $(REPOSITORY),sed -i 's|https://github.com/OWNER/keras_capacity|$(REPOSITORY)|' notebooks/*.ipynb)
 
 test: lint docs
 	$(PYTHON) -m pytest -q -n 2  # two processes (pytest-xdist): the subprocess tests overlap

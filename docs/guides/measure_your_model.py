@@ -11,6 +11,20 @@
 # error and the certified accuracy. The test suite runs this guide at tiny
 # settings (`GUIDE_EPOCHS`, `GUIDE_IMAGES`, `GUIDE_OUT`).
 
+# %% [markdown]
+# On Colab, this cell installs the package (anywhere else it does nothing;
+# see [Install and backends](../../install/)). `PACKAGE` is where pip finds
+# the repository.
+
+# %%
+import importlib.util
+import subprocess
+import sys
+
+PACKAGE = "git+https://github.com/OWNER/keras_capacity"  # make notebooks REPOSITORY=... sets it
+if "google.colab" in sys.modules and importlib.util.find_spec("keras_capacity") is None:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", PACKAGE], check=True)
+
 # %%
 import os
 

@@ -8,6 +8,20 @@
 # suite runs it at tiny settings (`GUIDE_EPOCHS`, `GUIDE_IMAGES`,
 # `GUIDE_OUT`).
 
+# %% [markdown]
+# On Colab, this cell installs the package (anywhere else it does nothing;
+# see [Install and backends](../../install/)). `PACKAGE` is where pip finds
+# the repository.
+
+# %%
+import importlib.util
+import subprocess
+import sys
+
+PACKAGE = "git+https://github.com/OWNER/keras_capacity"  # make notebooks REPOSITORY=... sets it
+if "google.colab" in sys.modules and importlib.util.find_spec("keras_capacity") is None:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", PACKAGE], check=True)
+
 # %%
 import json
 import os
@@ -65,7 +79,7 @@ for name, bound in sorted(report["test_error_bounds"].items(), key=lambda b: b[1
 # test error and the line at 1 above which they are vacuous. (This one is
 # from `make demo`'s run.)
 #
-# ![bounds.png of make demo's run](../images/report_bounds.png)
+# ![bounds.png of make demo's run](../../images/report_bounds.png)
 
 # %% [markdown]
 # ## What drives them

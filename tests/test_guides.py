@@ -20,7 +20,7 @@ for path in sys.argv[1:]:
 
 def test_every_guide_runs_at_tiny_settings(tmp_path):
     """One process for all of them (TensorFlow is imported once)."""
-    assert len(GUIDES) >= 3
+    assert len(GUIDES) >= 6
     environment = {
         **os.environ,
         "GUIDE_EPOCHS": "1",
@@ -43,3 +43,11 @@ def test_every_guide_runs_at_tiny_settings(tmp_path):
     assert (tmp_path / "out" / "report" / "report.md").exists()
     assert (tmp_path / "out" / "report_guide" / "bounds.png").exists()
     assert "vacuous" in result.stdout
+    # backends: data parallel over the two CPU devices it split off
+    assert "strategy: MirroredStrategy with 2 replica(s)" in result.stdout
+    # sweep: a bisection in this process, its results, the commands for many
+    assert "bisection of dist.inner between 4 and 64 on 5 values" in result.stdout
+    assert (tmp_path / "out" / "sweep_guide" / "sweep.json").exists()
+    assert "KERASTUNER_TUNER_ID=chief keras-capacity-sweep" in result.stdout
+    # reproducing the paper: every flag file parsed and checked
+    assert "7 runs at the reference's settings" in result.stdout

@@ -1,5 +1,6 @@
 # `make test`: set up a virtual environment (if there is none), lint, build the docs,
-# and run the suite on TensorFlow, then its JAX part (`make test-jax`).
+# and run the suite on TensorFlow, then its JAX and PyTorch parts (`make test-jax`,
+# `make test-torch`: tests/test_backends.py on that backend).
 # `make docs`: the documentation site (mkdocs.yml) into site/, warnings as errors.
 # `make notebooks`: the guides (docs/guides/*.py) as notebooks in notebooks/, for Colab
 # (`make notebooks REPOSITORY=https://...`: where their first cell installs the package from).
@@ -11,7 +12,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-jax lint docs notebooks demo sweep sweep-grid benchmark clean
+.PHONY: test test-jax test-torch lint docs notebooks demo sweep sweep-grid benchmark clean
 
 $(PYTHON):
 	python3 -m venv $(VENV)
@@ -24,7 +25,7 @@ TORCH ?= torch==2.13.0
 
 $(STAMP): $(PYTHON) setup.cfg pyproject.toml
 	$(if $(TORCH),$(PYTHON) -m pip install --quiet "$(TORCH)")
-	$(PYTHON) -m pip install --quiet -e ".[test,jax,reference,docs]"
+	$(PYTHON) -m pip install --quiet -e ".[test,jax,torch,reference,docs]"
 	touch $(STAMP)
 
 lint: $(STAMP)
@@ -47,10 +48,13 @@ notebooks: $(STAMP)
 
 test: lint docs
 	$(PYTHON) -m pytest -q -n 2  # two processes (pytest-xdist): the subprocess tests overlap
-	$(MAKE) test-jax
+	$(MAKE) test-jax test-torch
 
 test-jax: $(STAMP)
-	KERAS_BACKEND=jax $(PYTHON) -m pytest -q -n 2 tests/test_jax_backend.py
+	KERAS_BACKEND=jax $(PYTHON) -m pytest -q -n 2 tests/test_backends.py
+
+test-torch: $(STAMP)
+	KERAS_BACKEND=torch $(PYTHON) -m pytest -q -n 2 tests/test_backends.py
 
 demo: $(STAMP)
 	$(PYTHON) train_main.py --flagfile=examples/demo.flags

@@ -2,9 +2,9 @@
 
 A convolution's Lipschitz constant depends on its input's spatial size,
 padding, strides and dilation, which a Keras constraint never sees, and the
-distance constraint needs the initial kernel ``K0``. :func:`bind` supplies
-both; :func:`project` projects every constrained layer now;
-:func:`lipschitz` and :func:`distance` are the numbers we report.
+distance constraint needs the initial kernel ``K0``. `bind` supplies
+both; `project` projects every constrained layer now;
+`lipschitz` and `distance` are the numbers we report.
 """
 
 from collections.abc import Iterator
@@ -48,7 +48,12 @@ def lipdists_of(layer):
     """``(attribute, LipDist)`` for every LipDist the layer itself holds, as
     an attribute or as the constraint of one of its own variables."""
     found = []
-    for name, value in vars(layer).items():
+    # On PyTorch a layer is a torch module, which keeps its sub-modules (a
+    # LipDist is a Keras layer, for its variables) apart from its attributes.
+    named_children = getattr(layer, "named_children", None)
+    attributes = dict(named_children() if named_children is not None else ())
+    attributes.update(vars(layer))
+    for name, value in attributes.items():
         if isinstance(value, constraints.LipDist):
             found.append((name, value))
         constraint = getattr(value, "constraint", None)
@@ -100,8 +105,8 @@ def constrained_layers(model: keras.Model) -> list[tuple[keras.layers.Layer, con
 
 
 def operator_geometry(layer, input_shape):
-    """The :class:`OperatorGeometry` of ``layer`` on inputs of ``input_shape``
-    (with batch axis): :func:`keras_capacity.linear_layers.geometry`."""
+    """The `OperatorGeometry` of ``layer`` on inputs of ``input_shape``
+    (with batch axis): `keras_capacity.linear_layers.geometry`."""
     return linear_layers.geometry(layer, input_shape)
 
 
@@ -229,7 +234,7 @@ def kernel_lipdist(layer: keras.layers.Layer) -> constraints.LipDist | None:
 def lipschitz(layer: keras.layers.Layer) -> float:
     """The Lipschitz constant of ``layer``'s linear map, as a float.
 
-    Any linear layer (:data:`keras_capacity.linear_layers.LINEAR_LAYERS`:
+    Any linear layer (`keras_capacity.linear_layers.LINEAR_LAYERS`:
     ``Dense``; ``Conv1D``/``2D``/``3D`` with any padding, strides,
     dilation and groups; depthwise, separable and transposed
     convolutions). Exact for Dense (SVD) and ``CircularConv2D`` whose
@@ -261,8 +266,8 @@ def distance(layer: keras.layers.Layer) -> float:
 
     ``K`` is the layer's map kernel, and the norm is taken over its input
     axis for every output unit and kernel position, then summed
-    (:func:`keras_capacity.linear_layers.distance21`). Needs a bound
-    ``LipDist`` (which holds ``K0``); a :class:`SimplexClassifier` never
+    (`keras_capacity.linear_layers.distance21`). Needs a bound
+    ``LipDist`` (which holds ``K0``); a `SimplexClassifier` never
     trains and is always at 0.
     """
     if isinstance(layer, capacity_layers.SimplexClassifier):

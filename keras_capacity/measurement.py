@@ -1,9 +1,9 @@
-"""The capacity record of any trained Keras model: :func:`measure` (SPEC §10).
+"""The capacity record of any trained Keras model: `measure` (SPEC §10).
 
 What the report and the bounds are made of, for a model this project may
 not have trained: per linear layer (``Dense`` and every Keras convolution:
 1-D, 2-D, 3-D, grouped, depthwise, separable, transposed; see
-:mod:`keras_capacity.linear_layers`) the exact Lipschitz constant of its
+`keras_capacity.linear_layers`) the exact Lipschitz constant of its
 map on its actual input (any padding, strides, dilation) and its (2,1)
 distance to the map of the *initial* weights, over the input axis each
 kind documents; the
@@ -12,11 +12,11 @@ complexity bounds and the bounds on the test error; certified accuracy.
 
 Initial weights come from ``init`` (a model, a ``.keras`` file or a
 weights file, layers matched by name and kernel shape) or from a bound
-:class:`~keras_capacity.LipDist`'s ``K0``; without either a distance is
+`LipDist`'s ``K0``; without either a distance is
 *unknown* (``None``), never 0, and the bounds made of distances say so.
 
 Whether the twelve bounds apply, and how BatchNorm enters them, is
-:mod:`keras_capacity.chain`'s rule.
+`keras_capacity.chain`'s rule.
 """
 
 import dataclasses
@@ -117,15 +117,15 @@ def _as_conv(kernel):
 
 
 def _layer_terms(layer, kernel, initial):
-    """The per-layer fields of :class:`bounds.Quantities` (distances
+    """The per-layer fields of `bounds.Quantities` (distances
     ``None`` when ``initial`` is), from the layer's map kernel.
 
     A grouped (or depthwise) 2-D kernel ``(kh, kw, in / groups, out)``
     stands for the plain convolution whose kernel holds each group's block
-    and zeros elsewhere (:mod:`keras_capacity.chain`): its norms and
+    and zeros elsewhere (`keras_capacity.chain`): its norms and
     distances are the block's (the zeros add nothing), its ``in_channels``
     and ``params`` those of the plain convolution. A layer the bounds do
-    not describe (:func:`keras_capacity.linear_layers.bounds_reason`) gets
+    not describe (`keras_capacity.linear_layers.bounds_reason`) gets
     its Lipschitz constant only."""
     geometry = _geometry(layer)
     terms = {"lipschitz": exact_norms.spectral_norm(kernel, geometry)}
@@ -246,7 +246,7 @@ def _stream(model, chain_inputs, data, num_classes, batch_size, what, layers):
     probes = keras.Model(model.inputs[0], [*chain_inputs[:1], *patches, model.outputs[0]])
     found = _Pass(patch=np.zeros(len(layers)))
     for inputs, labels in batches(data, batch_size):
-        inputs = np.asarray(inputs)
+        inputs, labels = ops.convert_to_numpy(inputs), ops.convert_to_numpy(labels)
         _check_batch(model, inputs, labels, num_classes, what)
         outputs = probes.predict_on_batch(inputs.astype(np.float32))  # compiled, inference
         *measured, scores = outputs if chain_inputs else [outputs]
@@ -274,14 +274,14 @@ def _stream(model, chain_inputs, data, num_classes, batch_size, what, layers):
 
 @dataclasses.dataclass(frozen=True)
 class CapacityRecord:
-    """What :func:`measure` returns.
+    """What `measure` returns.
 
     ``layers``: one dict per kernel, BatchNorm and shortcut layer (as
-    :func:`keras_capacity.layer_table`, with ``distance`` ``None`` where
+    `keras_capacity.layer_table`, with ``distance`` ``None`` where
     unknown and ``folded``, the BatchNorm folded into a kernel);
     ``network_lipschitz``; ``bounds_reason`` (why none of the twelve bounds
     apply: the model is not a chain, or its training inputs are all zero;
-    ``None`` when they apply); ``quantities`` (a :class:`bounds.Quantities`, or
+    ``None`` when they apply); ``quantities`` (a `bounds.Quantities`, or
     ``None`` when they do not apply); ``test_error_bounds`` (``{name:
     ErrorBound or None}``); ``not_applicable`` (``{bound name: reason}``);
     ``train_margins``, ``test_margins`` (float64 arrays; the latter empty
@@ -434,7 +434,7 @@ def measure(
         model: the trained model; its kernels in ``Dense`` layers and
             Keras's convolutions (1-D, 2-D, 3-D, grouped, depthwise,
             separable, transposed; any padding, strides, dilation), with or
-            without :class:`~keras_capacity.LipDist`. Its output are the
+            without `LipDist`. Its output are the
             class scores.
         train: the training data, as the model sees it: ``(x, y)`` arrays
             (integer labels) or a ``tf.data.Dataset`` of ``(x, y)`` batches.
@@ -448,7 +448,7 @@ def measure(
         batch_size: for arrays.
 
     Returns:
-        A :class:`CapacityRecord`. A layer without a known Lipschitz
+        A `CapacityRecord`. A layer without a known Lipschitz
         constant, a mismatched ``init``, inputs of the wrong shape or labels
         out of range are a ``ValueError`` naming them.
     """
@@ -501,8 +501,8 @@ def measure(
 def _kernel_terms(model, chain, initial_layers):
     """``({kernel name: its Quantities fields}, {kernel name: (its own
     Lipschitz constant, its own distance or None)})``; the first with the
-    BatchNorm folded in, the second as :func:`keras_capacity.lipschitz` and
-    :func:`keras_capacity.distance` give them."""
+    BatchNorm folded in, the second as `keras_capacity.lipschitz` and
+    `keras_capacity.distance` give them."""
     terms, own = {}, {}
     for layer in binding.walk_layers(model):
         if not isinstance(layer, KERNEL_LAYERS):
@@ -564,5 +564,5 @@ def _error_bounds(quantities, reason):
 
 def _own_norm(layer, kernel):
     """The Lipschitz constant of the layer's kernel alone (BatchNorm not
-    folded in), as :func:`keras_capacity.lipschitz` gives it."""
+    folded in), as `keras_capacity.lipschitz` gives it."""
     return exact_norms.spectral_norm(kernel, _geometry(layer))

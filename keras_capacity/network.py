@@ -154,7 +154,7 @@ def _kernel_lipschitz(layer, input_shape):
 
 
 def _measured_kernel_norm(layer, input_shape, kernel_norms):
-    """The kernel's norm from ``kernel_norms`` (a :func:`layer_table`'s),
+    """The kernel's norm from ``kernel_norms`` (a `layer_table`'s),
     when it was measured on this same input shape; else computed."""
     build = layer.get_build_config() if layer.built else None
     same_input = build and tuple(build["input_shape"][1:]) == tuple(input_shape[1:])
@@ -167,7 +167,7 @@ def layer_lipschitz(layer, input_shape, kernel_norms=None):
     """The Lipschitz constant (l2) of one layer on inputs of ``input_shape``.
 
     Any layer can state its own as a ``lipschitz_constant`` attribute
-    (:class:`SimplexClassifier`, :class:`PoolingShortcut`, :class:`GroupSort`
+    (`SimplexClassifier`, `PoolingShortcut`, `GroupSort`
     do); a layer without a known constant is a ``ValueError``.
     ``kernel_norms`` (``{layer name: norm}``) reuses norms already measured.
     """
@@ -221,8 +221,8 @@ def _merge(layer, bounds):
 
 
 def kernel_norms(rows):
-    """``{layer name: Lipschitz constant}`` of a :func:`layer_table`, for
-    :func:`network_lipschitz` to reuse; ``None`` if names repeat."""
+    """``{layer name: Lipschitz constant}`` of a `layer_table`, for
+    `network_lipschitz` to reuse; ``None`` if names repeat."""
     names = [r["name"] for r in rows]
     if len(set(names)) < len(names):
         return None
@@ -232,7 +232,7 @@ def kernel_norms(rows):
 def network_lipschitz(model: keras.Model, kernel_norms: dict | None = None) -> float:
     """An upper bound on the l2 Lipschitz constant of ``model``'s map, from
     its layers' constants along its graph (float). ``kernel_norms`` (see
-    :func:`kernel_norms`) reuses spectral norms measured for a layer table.
+    `kernel_norms`) reuses spectral norms measured for a layer table.
 
     For a chain of layers this is the product of their constants; for a
     pre-activation residual block ``shortcut + s1 * s2`` (times the
@@ -315,7 +315,7 @@ def own_parameters(layer):
 
 
 def layer_row(layer, lipschitz=None):
-    """One :func:`layer_table` row; ``lipschitz`` (the kernel's norm, if
+    """One `layer_table` row; ``lipschitz`` (the kernel's norm, if
     already measured) spares computing it again."""
     constraint = binding.kernel_lipdist(layer)
     lip_bound, dist_bound = math.inf, math.inf
@@ -389,7 +389,7 @@ def _number(value, digits=4):
 
 
 def format_table(rows: list[dict]) -> str:
-    """``rows`` of :func:`layer_table` as an aligned text table."""
+    """``rows`` of `layer_table` as an aligned text table."""
     header = ("layer", "kind", "input", "stride", "lip<=", "lip", "dist<=", "dist", "params", "ok")
     lines = [header] + [
         (
@@ -422,8 +422,8 @@ def format_table(rows: list[dict]) -> str:
 def margins_of_scores(scores, labels):
     """``v_y - max_{i != y} v_i`` for a batch of scores ``(batch, classes)``
     and integer labels, as float64 numpy."""
-    scores = np.array(scores, np.float64)
-    labels = np.asarray(labels).astype(np.int64).reshape(-1)
+    scores = np.array(ops.convert_to_numpy(scores), np.float64)
+    labels = np.asarray(ops.convert_to_numpy(labels)).astype(np.int64).reshape(-1)
     if scores.ndim != 2 or labels.shape[0] != scores.shape[0]:
         raise ValueError(
             f"margins: expected scores (batch, classes) and one label per "
@@ -463,9 +463,9 @@ def spectral_complexity(model: keras.Model, rows: list[dict] | None = None) -> f
 
     ``s_i`` is layer ``i``'s Lipschitz constant and ``b_i`` its (2,1)
     distance to ``K0``, over the layers with ``K0`` (constrained and simplex
-    layers); ``L`` is :func:`network_lipschitz`, the product of the ``s_i``
+    layers); ``L`` is `network_lipschitz`, the product of the ``s_i``
     for a chain (the fixed layers' constants included). ``rows`` reuses a
-    :func:`layer_table`.
+    `layer_table`.
     """
     rows = layer_table(model) if rows is None else rows
     weighted = [r for r in rows if r["distance"] is not None and r["params"] > 0]

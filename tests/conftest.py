@@ -2,8 +2,9 @@
 MirroredStrategy on TensorFlow, simulated XLA devices on JAX), and the
 oracles the tests share.
 
-The suite runs on TensorFlow (``make test``); ``KERAS_BACKEND=jax`` runs
-its JAX part (``make test-jax``: ``tests/test_jax_backend.py``).
+The suite runs on TensorFlow (``make test``); ``KERAS_BACKEND=jax`` or ``torch`` runs
+its JAX and PyTorch parts (``make test-jax``, ``make test-torch``:
+``tests/test_backends.py``).
 """
 
 import os
@@ -73,8 +74,8 @@ def operator_matrix(layer, input_shape):
     applying the layer itself to every basis input of ``input_shape``."""
     n = int(np.prod(input_shape))
     basis = np.eye(n, dtype=np.float32).reshape(n, *input_shape)
-    zero = np.asarray(layer(np.zeros((1, *input_shape), np.float32)))
-    images = np.asarray(layer(basis)) - zero
+    zero = keras.ops.convert_to_numpy(layer(np.zeros((1, *input_shape), np.float32)))
+    images = keras.ops.convert_to_numpy(layer(basis)) - zero
     return images.reshape(n, -1).T.astype(np.float64)
 
 

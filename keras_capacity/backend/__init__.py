@@ -4,20 +4,20 @@ The core (operators, Fourier code, projections, estimators) is written in
 ``keras.ops`` wherever an op maps one to one. What ``keras.ops`` lacks lives
 in one small module per backend, with the same functions:
 
-* complex numbers: :func:`complex`, :func:`matmul` (``keras.ops.matmul``
-  turns complex128 into complex64), the 2-D FFTs (:func:`fft2`,
-  :func:`ifft2`, :func:`rfft2`, :func:`irfft2`) over the last two axes;
-* batched Hermitian (complex) eigendecompositions: :func:`eigh`,
-  :func:`eigvalsh`;
-* :func:`stateless_normal`, random numbers from a seed tensor (replicas agree);
-* :func:`assert_finite`, a run-time check that ends training with a message;
-  :func:`eager_value`, a variable's value while a compiled step is traced;
-* :func:`linear_adjoint`, the adjoint of a linear map by reverse-mode
-  differentiation; :func:`compile`, a compiled function;
-* the trainer and distribution specifics: :func:`inside_compiled_step`,
-  :func:`strategy_scope_of` (the distribution scope a variable lives in),
-  :func:`float64` (a context where float64 arrays stay float64),
-  :data:`PROJECTS_IN_MODEL_STEP` and :func:`install_projection_step`
+* complex numbers: `complex`, `matmul` (``keras.ops.matmul``
+  turns complex128 into complex64), the 2-D FFTs (`fft2`,
+  `ifft2`, `rfft2`, `irfft2`) over the last two axes;
+* batched Hermitian (complex) eigendecompositions: `eigh`,
+  `eigvalsh`;
+* `stateless_normal`, random numbers from a seed tensor (replicas agree);
+* `assert_finite`, a run-time check that ends training with a message;
+  `eager_value`, a variable's value while a compiled step is traced;
+* `linear_adjoint`, the adjoint of a linear map by reverse-mode
+  differentiation; `compile`, a compiled function;
+* the trainer and distribution specifics: `inside_compiled_step`,
+  `strategy_scope_of` (the distribution scope a variable lives in),
+  `float64` (a context where float64 arrays stay float64),
+  `PROJECTS_IN_MODEL_STEP` and `install_projection_step`
   (where a constraint can read its state during ``fit``).
 
 ``keras_capacity.backend.tensorflow`` and ``keras_capacity.backend.jax``
@@ -30,7 +30,7 @@ import importlib
 import keras
 
 _BACKEND = keras.backend.backend()
-SUPPORTED = ("tensorflow", "jax")
+SUPPORTED = ("tensorflow", "jax", "torch")
 
 if _BACKEND not in SUPPORTED:
     raise ImportError(

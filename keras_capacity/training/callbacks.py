@@ -22,7 +22,7 @@ class CapacityLogger(keras.callbacks.Callback):
     """Logs the constraints as training goes, to TensorBoard and the console.
 
     Every epoch: each constrained layer's Lipschitz constant and distance
-    (exact values, :func:`keras_capacity.layer_table`) under the tags
+    (exact values, `keras_capacity.layer_table`) under the tags
     ``capacity/lipschitz`` and ``capacity/distance``, and each divided by
     its bound (``capacity/lipschitz_over_bound``,
     ``capacity/distance_over_bound``: 1 is the constraint), one TensorBoard
@@ -151,7 +151,7 @@ def _layer_scalars(row, step):
 
 class SessionRecorder(keras.callbacks.Callback):
     """Records each finished epoch's training time in the run's
-    :class:`~keras_capacity.training.runs.SessionLog`."""
+    `SessionLog`."""
 
     def __init__(self, session_log):
         super().__init__()
@@ -169,7 +169,7 @@ class SessionRecorder(keras.callbacks.Callback):
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
-    """Ends training with a :class:`~keras_capacity.training.runs.RunError`
+    """Ends training with a `RunError`
     when an epoch's loss is NaN or inf. It comes before the backup in the
     callback list, so the backup keeps the last finite epoch."""
 
@@ -186,7 +186,7 @@ class CheckedBackupAndRestore(keras.callbacks.BackupAndRestore):
     """``BackupAndRestore`` that also keeps the previous epoch's backup
     (Keras's ``double_checkpoint``, restored when the latest cannot be
     read) and, when no backup can be read, ends with a
-    :class:`~keras_capacity.training.runs.RunError` naming the folder."""
+    `RunError` naming the folder."""
 
     def __init__(self, backup_dir):
         super().__init__(backup_dir, double_checkpoint=True, delete_checkpoint=False)
@@ -204,8 +204,8 @@ class CheckedBackupAndRestore(keras.callbacks.BackupAndRestore):
 
 
 def lipdist_failure(error):
-    """The ``LipDist`` message inside a TensorFlow error (a non-finite
-    kernel, named), or ``None``."""
+    """The ``LipDist`` message inside a TensorFlow error or PyTorch's
+    ``ValueError`` (a non-finite kernel, named), or ``None``."""
     found = re.search(r"(LipDist: [^\n]*?)\s*(?:: Tensor had|\n|$)", str(error))
     return found.group(1) if found else None
 

@@ -1,11 +1,14 @@
 """Distribution for the training program: on TensorFlow ``tf.distribute``
 strategies, logical CPU devices, ``TF_CONFIG`` and the multi-worker fixes;
-on JAX ``keras.distribution.DataParallel``.
+on JAX ``keras.distribution.DataParallel``; on PyTorch one device.
 
 ``--strategy`` on JAX: ``auto`` is data parallelism over all accelerators
 when there are several (else one device), ``mirrored`` over the
 accelerators or the ``--cpu_devices`` CPU devices, ``one_device`` one
 device; ``multi_worker`` is TensorFlow's and is refused.
+
+On PyTorch Keras trains on one device (the GPU when there is one):
+``auto`` and ``one_device`` are that, the others are refused.
 """
 
 import contextlib
@@ -18,15 +21,23 @@ import tensorflow as tf
 from keras_capacity.training.config import ConfigError
 
 JAX = keras.backend.backend() == "jax"
+TORCH = keras.backend.backend() == "torch"
 
 
 def split_cpu(count):
     """Splits the CPU into ``count`` devices (nothing to do for 1).
     TensorFlow and JAX allow this only before they start; a process where
     it already runs with ``count`` devices is fine, another count is a
-    :class:`ConfigError`."""
+    `ConfigError`."""
     if JAX:
         return _split_jax_cpu(count)
+    if TORCH:
+        if count > 1:
+            raise ConfigError(
+                f"--cpu_devices={count}: the PyTorch backend trains on one device; "
+                "use the TensorFlow or JAX backend for several."
+            )
+        return
     cpu = tf.config.list_physical_devices("CPU")[0]
     configured = tf.config.get_logical_device_configuration(cpu)
     if count == 1 or len(configured or []) == count:
@@ -43,7 +54,7 @@ def split_cpu(count):
 
 
 def tf_config():
-    """The parsed ``TF_CONFIG``; a :class:`ConfigError` naming what is wrong."""
+    """The parsed ``TF_CONFIG``; a `ConfigError` naming what is wrong."""
     text = os.environ.get("TF_CONFIG")
     if not text:
         raise ConfigError(
@@ -122,12 +133,34 @@ def _jax_strategy(name):
     return JaxDataParallel((accelerators or jax.devices("cpu"))[:1])
 
 
+class OneDevice:
+    """Keras's own placement on one device (PyTorch's), with the two
+    things the training program asks of a ``tf.distribute`` strategy."""
+
+    num_replicas_in_sync = 1
+
+    def scope(self):
+        return contextlib.nullcontext()
+
+
+def _torch_strategy(name):
+    if name not in ("auto", "one_device"):
+        raise ConfigError(
+            f"--strategy={name} is not available on the PyTorch backend, which trains on "
+            "one device: use --strategy=auto or one_device, or the TensorFlow or JAX backend."
+        )
+    return OneDevice()
+
+
 def create_strategy(name):
-    """The ``tf.distribute`` strategy ``name`` (a :class:`RunConfig`'s
-    ``strategy``; on JAX a :class:`JaxDataParallel`). ``multi_worker`` must
-    come before anything starts TensorFlow's runtime."""
+    """The ``tf.distribute`` strategy ``name`` (a `RunConfig`'s
+    ``strategy``; on JAX a `JaxDataParallel`, on PyTorch a
+    `OneDevice`). ``multi_worker`` must come before anything starts
+    TensorFlow's runtime."""
     if JAX:
         return _jax_strategy(name)
+    if TORCH:
+        return _torch_strategy(name)
     if name == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")

@@ -1,14 +1,14 @@
-"""Training as a library function: :func:`train_and_evaluate`.
+"""Training as a library function: `train_and_evaluate`.
 
 One run, in named phases:
 
 1. **resolve**: the strategy, the data and the schedule; every failure here
-   is a :class:`~keras_capacity.training.config.ConfigError` and nothing
+   is a `ConfigError` and nothing
    has been written;
 2. **build and bind**: the model, its constraints' ``K0``, the optimizer
    (still nothing written);
 3. **open the run**: claim the run directory, or find how far an earlier
-   session got (:func:`keras_capacity.training.runs.open_run`);
+   session got (`keras_capacity.training.runs.open_run`);
 4. **fit**, resuming from the backup, with the run's callbacks;
 5. **finalize**: the final projection (15 rounds, as the reference), the
    final metrics, the layer table;
@@ -19,6 +19,7 @@ A finished run is not trained again; a missing report is written.
 """
 
 import dataclasses
+import importlib
 import math
 import os
 import platform
@@ -31,6 +32,7 @@ from collections.abc import Callable
 import keras
 import numpy as np
 import tensorflow as tf
+from keras import ops
 
 from keras_capacity import binding, constraint_values, measurement, models, network
 from keras_capacity.training import callbacks, distribute, optimizers, runs
@@ -44,7 +46,7 @@ FINAL_PROJECTION_ROUNDS = 15
 class Setup:
     """What the resolve phase found: how and on what the run trains."""
 
-    strategy: object  # a tf.distribute.Strategy, or distribute.JaxDataParallel
+    strategy: object  # a tf.distribute.Strategy, distribute.JaxDataParallel or OneDevice
     cluster: dict | None
     data: datasets.Data
 
@@ -60,7 +62,9 @@ class Setup:
 def resolve(config):
     """Phase 1: the strategy and the data of ``config`` (nothing written)."""
     cluster = (
-        distribute.tf_config() if config.strategy == "multi_worker" and not distribute.JAX else None
+        distribute.tf_config()
+        if config.strategy == "multi_worker" and not (distribute.JAX or distribute.TORCH)
+        else None
     )
     distribute.split_cpu(config.cpu_devices)
     strategy = distribute.create_strategy(config.strategy)
@@ -171,7 +175,7 @@ def fit(config, setup, model, run_dir, log):
             shuffle=False,  # the pipeline shuffles
             verbose=1 if sys.stdout.isatty() else 2,
         )
-    except tf.errors.InvalidArgumentError as error:
+    except (tf.errors.InvalidArgumentError, ValueError) as error:  # ValueError: PyTorch's
         failure = callbacks.lipdist_failure(error)
         if failure is None:
             raise
@@ -186,14 +190,14 @@ def _evaluate(model, dataset, num_classes):
     each label over the whole dataset, from one pass computed locally in
     inference mode (the same on every worker). An example counts as correct
     when its margin is positive: its own score strictly above every other
-    (a tie is an error), as in :func:`keras_capacity.measure`."""
+    (a tie is an error), as in `keras_capacity.measure`."""
     from scipy.special import logsumexp
 
     total_loss, correct, count, margins = 0.0, 0, 0, []
     label_counts = np.zeros(num_classes, np.int64)
     for inputs, labels in dataset:
-        scores = np.asarray(model(inputs, training=False), np.float64)
-        labels = np.asarray(labels).astype(np.int64)
+        scores = np.asarray(ops.convert_to_numpy(model(inputs, training=False)), np.float64)
+        labels = np.asarray(ops.convert_to_numpy(labels)).astype(np.int64)
         rows = np.arange(len(labels))
         total_loss += float(np.sum(logsumexp(scores, axis=1) - scores[rows, labels]))
         margins.append(network.margins_of_scores(scores, labels))
@@ -221,10 +225,9 @@ def versions():
         "keras_backend": keras.backend.backend(),
         "python": platform.python_version(),
     }
-    if keras.backend.backend() == "jax":
-        import jax
-
-        found["jax"] = jax.__version__
+    backend = keras.backend.backend()
+    if backend in ("jax", "torch"):
+        found[backend] = importlib.import_module(backend).__version__
     source = os.path.dirname(os.path.abspath(keras_capacity.__file__))
     try:
         commit = subprocess.run(
@@ -405,7 +408,7 @@ def train_and_evaluate(config: RunConfig, run_dir: str, log: Callable[[str], Non
     and returns its summary (the contents of ``summary.json``).
 
     Args:
-        config: a :class:`~keras_capacity.training.config.RunConfig`.
+        config: a `RunConfig`.
         run_dir: the run directory (created if needed).
         log: where progress lines go.
 

@@ -1,8 +1,9 @@
-"""The library and the training program on Keras's JAX backend
-(``make test-jax`` runs this file with ``KERAS_BACKEND=jax``): the same
-numbers as on TensorFlow, the constraint's state through JAX's stateless
-train step, models moving between backends, data parallelism on two CPU
-devices, and ``train_main.py``."""
+"""The library and the training program on Keras's JAX and PyTorch
+backends (``make test-jax`` and ``make test-torch`` run this file with
+``KERAS_BACKEND`` set): the same numbers as on TensorFlow, the constraint's
+state through JAX's stateless train step and PyTorch's eager one, models
+moving between backends, data parallelism on two CPU devices (JAX),
+PyTorch's data loaders, and ``train_main.py``."""
 
 import json
 import os
@@ -19,9 +20,12 @@ import keras_capacity as kc
 from keras_capacity import models
 from keras_capacity.constraints import DISTANCE_TOLERANCE, LIPSCHITZ_TOLERANCE
 
+BACKEND = keras.backend.backend()
 pytestmark = pytest.mark.skipif(
-    keras.backend.backend() != "jax", reason="the JAX job runs this file (make test-jax)"
+    BACKEND == "tensorflow", reason="the JAX and PyTorch jobs run this file (make test-jax, -torch)"
 )
+jax_only = pytest.mark.skipif(BACKEND != "jax", reason="JAX's own compilation and distribution")
+torch_only = pytest.mark.skipif(BACKEND != "torch", reason="PyTorch's own")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -99,7 +103,8 @@ def one_step(model, x, y):
 @pytest.mark.parametrize("padding", ["same", "circular"])
 def test_every_15_projects_at_steps_15_and_30_only(padding):
     """The step count, K0 and the estimator's state travel through JAX's
-    stateless train step: dropped, the projections would land elsewhere."""
+    stateless train step, and PyTorch's eager step marks itself as one:
+    dropped or unmarked, the projections would land elsewhere."""
     lip, dist = 0.5, 3.0
     make = kc.CircularConv2D if padding == "circular" else keras.layers.Conv2D
     kwargs = {} if padding == "circular" else {"padding": "same"}
@@ -162,6 +167,7 @@ np.save(sys.argv[1], np.asarray(projected))
 """
 
 
+@jax_only
 def test_repeated_compiled_projections_of_a_wide_conv_finish(tmp_path):
     """The 514 decompositions of a 64-channel 32x32 circular projection,
     compiled and called again and again on the CPU, return (JAX's batched
@@ -222,7 +228,7 @@ def test_a_model_moves_between_backends_with_its_k0(tmp_path):
     for layer, constraint in pairs:
         np.testing.assert_array_equal(constraint.initial_kernel.numpy(), saved[layer.name])
         assert (constraint.mode, constraint.every, constraint.is_bound) == ("orthogonal", 3, True)
-    # Trained on JAX from there, the original K0 stays; saved back, TensorFlow reads it.
+    # Trained on this backend from there, the original K0 stays; saved back, TensorFlow reads it.
     kc.bind(model)
     model.compile(
         keras.optimizers.SGD(0.5), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -230,11 +236,12 @@ def test_a_model_moves_between_backends_with_its_k0(tmp_path):
     x = np.random.default_rng(1).standard_normal((8, 32, 32, 3)).astype(np.float32)
     model.fit(x, np.arange(8) % 10, batch_size=8, epochs=1, verbose=0)
     assert all(row["holds"] for row in kc.layer_table(model))
-    model.save(tmp_path / "jax.keras")
-    result = on_tensorflow(LOAD_ON_TENSORFLOW, tmp_path / "jax.keras", tmp_path / "tf_k0.npz")
+    model.save(tmp_path / "other.keras")
+    result = on_tensorflow(LOAD_ON_TENSORFLOW, tmp_path / "other.keras", tmp_path / "tf_k0.npz")
     assert "K0 and settings kept" in result.stdout
 
 
+@jax_only
 def test_data_parallel_on_two_cpu_devices():
     import jax
 
@@ -258,13 +265,84 @@ def test_data_parallel_on_two_cpu_devices():
     assert all(row["holds"] for row in kc.layer_table(model))
 
 
+@torch_only
+def test_strategies_beyond_one_device_are_refused_on_torch():
+    from keras_capacity.training import distribute
+    from keras_capacity.training.config import ConfigError
+
+    assert distribute.create_strategy("auto").num_replicas_in_sync == 1
+    assert distribute.create_strategy("one_device").num_replicas_in_sync == 1
+    for name in ("mirrored", "multi_worker"):
+        with pytest.raises(ConfigError, match=f"--strategy={name} is not available on the PyTorch"):
+            distribute.create_strategy(name)
+    with pytest.raises(ConfigError, match="--cpu_devices=2: the PyTorch backend"):
+        distribute.split_cpu(2)
+
+
+def numpy_margins(scores, labels):
+    """The margin ``v_y - max_{i != y} v_i`` by its definition, in float64."""
+    scores = np.asarray(scores, np.float64)
+    own = scores[np.arange(len(labels)), labels]
+    others = np.where(np.arange(scores.shape[1]) == labels[:, None], -np.inf, scores)
+    return own - others.max(axis=1)
+
+
+@torch_only
+def test_torch_data_loaders_feed_the_measurements():
+    """A ``torch.utils.data.DataLoader`` of ``(x, y)`` batches is data
+    for ``margins`` and ``measure``: the margins of the model's own scores,
+    and the data norm of the inputs (numpy, float64)."""
+    import torch
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            keras.layers.Conv2D(4, 3, padding="same", kernel_constraint=kc.LipDist(1.0, 2.0)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(5),
+        ]
+    )
+    kc.bind(model)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 8, 8, 3)).astype(np.float32)
+    y = rng.integers(0, 5, 40)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y)), batch_size=16
+    )
+    expected = numpy_margins(model.predict(x, verbose=0), y)
+    np.testing.assert_allclose(kc.margins(model, loader), expected, rtol=1e-5, atol=1e-6)
+    record = kc.measure(model, loader, loader)
+    np.testing.assert_allclose(record.train_margins, expected, rtol=1e-5, atol=1e-6)
+    assert record.quantities.n == 40
+    assert record.quantities.data_norm == pytest.approx(np.linalg.norm(x.astype(np.float64)))
+    assert record.test_accuracy == pytest.approx(np.mean(expected > 0))
+
+
+@torch_only
+def test_a_non_finite_kernel_stops_fit_with_its_name_on_torch():
+    conv = keras.layers.Conv2D(4, 3, padding="same", kernel_constraint=kc.LipDist(0.5))
+    model = keras.Sequential([keras.Input((6, 6, 2)), conv])
+    kc.bind(model)
+    model.compile(keras.optimizers.SGD(1e30), "mse")
+    with pytest.raises(ValueError, match=r"LipDist: the kernel .*conv2d.* holds NaN, inf"):
+        one_step(model, np.full((2, 6, 6, 2), 1e30, np.float32), np.zeros((2, 6, 6, 4), np.float32))
+
+
+# On JAX the run is data parallel on two CPU devices; PyTorch trains on one.
+# tf.data's first shuffled order depends on how a trainer creates its
+# iterator: TensorFlow's under a distribution strategy (mirrored, one
+# device) draws the order that JAX's and PyTorch's trainers draw.
 RUN_FLAGS = [
     *TINY_RUN_FLAGS,
     "--lip=2,1.5,-1,2",
     "--dist=4,4,-1,2",
     "--proj_freq=1",
-    "--strategy=mirrored",
-    "--cpu_devices=2",
+    *(
+        ["--strategy=mirrored", "--cpu_devices=2"]
+        if BACKEND == "jax"
+        else ["--strategy=one_device"]
+    ),
 ]
 
 
@@ -279,17 +357,18 @@ def train_main(run_dir, backend):
     )
 
 
-def test_train_main_on_jax_with_two_devices(tmp_path):
-    """The run on JAX, then the same run on TensorFlow: the same flags, the
-    JAX run's initial model (one seed draws different weights on the two
-    backends) and the same batches (tf.data, seeded); the final numbers
-    agree to the precision the backends share (:func:`compare_runs`)."""
+def test_train_main_on_this_backend(tmp_path):
+    """The run on this backend, then the same run on TensorFlow: the same
+    flags, this run's initial model (one seed draws different weights on
+    different backends) and the same batches (tf.data, seeded); the final
+    numbers agree to the precision the backends share (`compare_runs`)."""
     run_dir = tmp_path / "run"
-    result = train_main(run_dir, "jax")
+    result = train_main(run_dir, BACKEND)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["replicas"] == 2 and summary["all_constraints_hold"]
-    assert summary["versions"]["keras_backend"] == "jax"
+    assert summary["replicas"] == (2 if BACKEND == "jax" else 1)
+    assert summary["all_constraints_hold"]
+    assert summary["versions"]["keras_backend"] == BACKEND
     assert (run_dir / "report.md").exists()
     same_run = tmp_path / "tensorflow"
     same_run.mkdir()
@@ -297,7 +376,7 @@ def test_train_main_on_jax_with_two_devices(tmp_path):
         shutil.copy(run_dir / name, same_run / name)
     result = train_main(same_run, "tensorflow")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "Resuming run" in result.stdout  # from the JAX run's initial model
+    assert "Resuming run" in result.stdout  # from this run's initial model
     compare_runs(run_dir, same_run)
 
 
@@ -326,7 +405,7 @@ DISTANCE_QUANTITIES = {
 }
 
 
-def compare_runs(jax_dir, tf_dir):
+def compare_runs(other_dir, tf_dir):
     """The two runs' summaries and reports, number by number.
 
     The trained kernels differ by float32 rounding that the steps carry on
@@ -342,27 +421,29 @@ def compare_runs(jax_dir, tf_dir):
     up to the examples whose two largest scores lie within 1e-4 (where the
     backends' float32 sums could order them either way).
     """
-    summaries = [json.loads((d / "summary.json").read_text()) for d in (jax_dir, tf_dir)]
-    reports = [json.loads((d / "report.json").read_text())["quantities"] for d in (jax_dir, tf_dir)]
-    jax_run, tf_run = summaries
+    summaries = [json.loads((d / "summary.json").read_text()) for d in (other_dir, tf_dir)]
+    reports = [
+        json.loads((d / "report.json").read_text())["quantities"] for d in (other_dir, tf_dir)
+    ]
+    other_run, tf_run = summaries
     assert tf_run["versions"]["keras_backend"] == "tensorflow"
     for key in ("train_loss", "test_loss", "network_lipschitz"):
-        assert jax_run[key] == pytest.approx(tf_run[key], rel=PARITY_RTOL), key
+        assert other_run[key] == pytest.approx(tf_run[key], rel=PARITY_RTOL), key
     for key in ("mean", "median"):
-        assert jax_run["test_margins"][key] == pytest.approx(
+        assert other_run["test_margins"][key] == pytest.approx(
             tf_run["test_margins"][key], rel=PARITY_RTOL, abs=1e-6
         ), key
     for key in ("n", "data_norm", "data_max_abs", "data_max_coordinate_norm", "margin"):
         assert reports[0][key] == pytest.approx(reports[1][key], rel=PARITY_RTOL, abs=1e-6), key
     np.testing.assert_allclose(reports[0]["patch_norms"], reports[1]["patch_norms"], rtol=1e-5)
     # The layer table: same layers, bounds and verdicts; the same Lipschitz constants.
-    for mine, theirs in zip(jax_run["layers"], tf_run["layers"], strict=True):
+    for mine, theirs in zip(other_run["layers"], tf_run["layers"], strict=True):
         for key in ("name", "kind", "lip_constraint", "dist_constraint", "holds", "params"):
             assert mine[key] == theirs[key], (mine["name"], key)
         assert mine["lipschitz"] == pytest.approx(theirs["lipschitz"], rel=PARITY_RTOL)
     # Kernel norms and distances, to the triangle inequality.
     models = [
-        keras.models.load_model(d / "model_final.keras", compile=False) for d in (jax_dir, tf_dir)
+        keras.models.load_model(d / "model_final.keras", compile=False) for d in (other_dir, tf_dir)
     ]
     pairs = zip(*(kc.binding.constrained_layers(m) for m in models), strict=True)
     relative = []  # each layer's largest relative limit
@@ -378,12 +459,12 @@ def compare_runs(jax_dir, tf_dir):
                 assert abs(mine - theirs) <= gap[norm] * (1 + 1e-6) + 1e-9, (layer.name, key)
                 limits.append(gap[norm] / max(kernel_norms(of)[norm], 1e-30))
         assert (
-            abs(jax_run["layers"][index]["distance"] - tf_run["layers"][index]["distance"])
+            abs(other_run["layers"][index]["distance"] - tf_run["layers"][index]["distance"])
             <= gap["21"] * (1 + 1e-6) + 1e-9
         )
         relative.append(max(limits))
     tolerance = sum(relative) + 2 * len(relative) * PARITY_RTOL
-    assert jax_run["spectral_complexity"] == pytest.approx(
+    assert other_run["spectral_complexity"] == pytest.approx(
         tf_run["spectral_complexity"], rel=tolerance
     )
     bounds_of = [s["test_error_bounds"] for s in summaries]
@@ -394,10 +475,10 @@ def compare_runs(jax_dir, tf_dir):
         if bound["value"] is not None:
             assert bound["value"] == pytest.approx(other["value"], rel=tolerance), name
     # Accuracies: the same, but for near ties of the two largest scores.
-    ties = near_ties(models[0], jax_run["flags"])
+    ties = near_ties(models[0], other_run["flags"])
     for split in ("train", "test"):
-        count = jax_run[f"num_{split}"]
-        flips = round(abs(jax_run[f"{split}_accuracy"] - tf_run[f"{split}_accuracy"]) * count)
+        count = other_run[f"num_{split}"]
+        flips = round(abs(other_run[f"{split}_accuracy"] - tf_run[f"{split}_accuracy"]) * count)
         assert flips <= ties[split], (split, flips, ties[split])
 
 

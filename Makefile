@@ -48,7 +48,8 @@ notebooks: $(STAMP)
 
 test: lint docs
 	$(PYTHON) -m pytest -q -n 2  # two processes (pytest-xdist): the subprocess tests overlap
-	$(MAKE) test-jax test-torch
+	rm -rf build/tensorflow_references  # the TensorFlow side, computed once for both jobs
+	KC_TENSORFLOW_REFERENCES=$(CURDIR)/build/tensorflow_references $(MAKE) test-jax test-torch
 
 test-jax: $(STAMP)
 	KERAS_BACKEND=jax $(PYTHON) -m pytest -q -n 2 tests/test_backends.py

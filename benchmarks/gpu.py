@@ -1,8 +1,9 @@
 """Constrained training and projections on an accelerator, through Keras's
-JAX backend, measured in one run (needs JAX, Keras and this package; no
-TensorFlow).
+JAX or PyTorch backend, measured in one run (needs JAX or PyTorch, Keras
+and this package; no TensorFlow).
 
     KERAS_BACKEND=jax python benchmarks/gpu.py [--batch 256] [--steps 30] [--rounds 2]
+    KERAS_BACKEND=torch python benchmarks/gpu.py ...
 
 1. Step time of ``preact_resnet18`` (the paper's network) on random
    CIFAR-shaped data: unconstrained, and at the reference's settings
@@ -26,8 +27,8 @@ TensorFlow).
    feasibility step), compiled, of a 64->64 3x3 circular convolution on
    32x32 and of a 512->512 one on 4x4, cold (every frequency block
    decomposed) and warm (the screen's state from the previous projection):
-   the median over 20 calls (``projection_case.py``). Target: the 64->64
-   one <= 5 ms.
+   the median over 20 calls (``projection_case.py``; compiled by
+   ``jax.jit`` on JAX, eager on PyTorch). Target: the 64->64 one <= 5 ms.
 
 When a GPU is lent, carry the Keras wheel and run it there (see
 benchmarks/RESULTS.md); nothing depends on it.
@@ -39,7 +40,6 @@ import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-import jax
 import keras
 import numpy as np
 from paper_resnet import compiled_resnet  # benchmarks/, the script's folder
@@ -94,17 +94,26 @@ def training_ratios(batch, steps, rounds):
         )
 
 
+def device_line():
+    """The device Keras computes on, and the backend's version."""
+    if keras.backend.backend() == "torch":
+        import torch
+
+        name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+        return f"device: {name}; torch {torch.__version__}"
+    import jax
+
+    device = jax.devices()[0]
+    return f"device: {device.platform} {getattr(device, 'device_kind', '')}; jax {jax.__version__}"
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    device = jax.devices()[0]
-    print(
-        f"device: {device.platform} {getattr(device, 'device_kind', '')}; jax {jax.__version__},"
-        f" keras {keras.__version__}, backend {keras.backend.backend()}"
-    )
+    print(f"{device_line()}, keras {keras.__version__}, backend {keras.backend.backend()}")
     for channels, size in ((64, 32), (512, 4)):
         cold, warm, share = projection_times(channels, size, repeats=20)
         print(

@@ -1,12 +1,14 @@
-"""One orthogonal projection on TensorFlow and on JAX's CPU backend, in one run.
+"""One orthogonal projection on TensorFlow, JAX and PyTorch (CPU), in one run.
 
     python benchmarks/projection_backends.py [--rounds 3] [--repeats 10]
+                                              [--backends tensorflow,jax,torch]
 
 The projection of ``projection_case.py`` (a 64->64 3x3 circular conv on
-32x32, compiled: ``tf.function`` or ``jax.jit``), cold (every block
-decomposed) and warm (from the previous projection's screen state). Each
-backend runs in its own process; they take turns for ``--rounds`` rounds,
-and the JAX/TensorFlow ratio of every round is printed with the median.
+32x32, compiled: ``tf.function`` or ``jax.jit``; eager on PyTorch), cold
+(every block decomposed) and warm (from the previous projection's screen
+state). Each backend runs in its own process; they take turns (in rotating
+order) for ``--rounds`` rounds, and each backend's ratio to TensorFlow of
+every round is printed with the median.
 """
 
 import argparse
@@ -38,23 +40,32 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--backends", default="tensorflow,jax,torch")
     args = parser.parse_args()
-    ratios = {"cold": [], "warm": []}
+    backends = args.backends.split(",")
+    others = [b for b in backends if b != "tensorflow"]
+    ratios = {(backend, kind): [] for backend in others for kind in ("cold", "warm")}
     for turn in range(args.rounds):
-        order = ("tensorflow", "jax") if turn % 2 == 0 else ("jax", "tensorflow")
+        order = backends[turn % len(backends) :] + backends[: turn % len(backends)]
         times = {backend: measure(backend, args.repeats) for backend in order}
-        for i, kind in enumerate(("cold", "warm")):
-            ratios[kind].append(times["jax"][i] / times["tensorflow"][i])
         print(
-            f"round {turn + 1}: cold TF {1000 * times['tensorflow'][0]:.1f} ms, JAX "
-            f"{1000 * times['jax'][0]:.1f} ms; warm TF {1000 * times['tensorflow'][1]:.1f} ms, "
-            f"JAX {1000 * times['jax'][1]:.1f} ms ({100 * times['jax'][2]:.1f}% of the blocks)"
+            f"round {turn + 1}: "
+            + "; ".join(
+                f"{backend} cold {1000 * times[backend][0]:.1f} ms, warm "
+                f"{1000 * times[backend][1]:.1f} ms ({100 * times[backend][2]:.1f}% of the blocks)"
+                for backend in backends
+            )
         )
-    for kind, values in ratios.items():
-        print(
-            f"{kind}: JAX / TensorFlow {np.median(values):.2f} "
-            f"(rounds {', '.join(f'{v:.2f}' for v in values)})"
-        )
+        if "tensorflow" in times:
+            for backend in others:
+                for i, kind in enumerate(("cold", "warm")):
+                    ratios[backend, kind].append(times[backend][i] / times["tensorflow"][i])
+    for (backend, kind), values in ratios.items():
+        if values:
+            print(
+                f"{kind}: {backend} / tensorflow {np.median(values):.2f} "
+                f"(rounds {', '.join(f'{v:.2f}' for v in values)})"
+            )
 
 
 if __name__ == "__main__":

@@ -17,4 +17,9 @@ class StepTimer(keras.callbacks.Callback):
         self.start = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
+        if keras.backend.backend() == "torch":  # PyTorch's GPU kernels run asynchronously
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
         self.times.append(time.perf_counter() - self.start)

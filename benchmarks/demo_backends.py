@@ -20,6 +20,7 @@ import sys
 import tempfile
 
 import numpy as np
+from projection_backends import rotating_turns  # benchmarks/, the script's folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -54,8 +55,7 @@ def main():
     args = parser.parse_args()
     backends = args.backends.split(",")
     speeds = {backend: [] for backend in backends}
-    for turn in range(args.rounds):
-        order = backends[turn % len(backends) :] + backends[: turn % len(backends)]
+    for turn, order in rotating_turns(backends, args.rounds):
         for backend in order:
             speeds[backend].append(images_per_second(backend, args.epochs))
         print(

@@ -36,6 +36,14 @@ def measure(backend, repeats):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def rotating_turns(backends, rounds):
+    """``(turn, backends in this turn's order)``: each round starts one
+    backend later, so a drifting machine's speed falls on all alike."""
+    for turn in range(rounds):
+        shift = turn % len(backends)
+        yield turn, backends[shift:] + backends[:shift]
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
@@ -45,8 +53,7 @@ def main():
     backends = args.backends.split(",")
     others = [b for b in backends if b != "tensorflow"]
     ratios = {(backend, kind): [] for backend in others for kind in ("cold", "warm")}
-    for turn in range(args.rounds):
-        order = backends[turn % len(backends) :] + backends[: turn % len(backends)]
+    for turn, order in rotating_turns(backends, args.rounds):
         times = {backend: measure(backend, args.repeats) for backend in order}
         print(
             f"round {turn + 1}: "

@@ -408,6 +408,36 @@ def test_train_main_on_this_backend(tmp_path):
     compare_runs(run_dir, same_run)
 
 
+@torch_only
+def test_a_sweep_trains_its_trials_on_torch(tmp_path):
+    """A bisection's trials are runs of the training program on this
+    backend, each with its constraints held and its bounds."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "keras_capacity.sweep",
+            *TINY_RUN_FLAGS,
+            "--search=bisect",
+            "--grid=dist.inner:64,4",
+            f"--workdir={tmp_path}",
+        ],
+        cwd=ROOT,
+        env=command_environment(KERAS_BACKEND=BACKEND),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"results in {tmp_path}" in result.stdout
+    trials = json.loads((tmp_path / "sweep.json").read_text())["trials"]
+    assert trials and all(trial["status"] == "done" for trial in trials)
+    for trial in trials:
+        summary = json.loads((pathlib.Path(trial["run_dir"]) / "summary.json").read_text())
+        assert summary["versions"]["keras_backend"] == "torch"
+        assert summary["all_constraints_hold"] and len(summary["test_error_bounds"]) == 12
+
+
 def kernel_norms(kernel):
     """The norms the bounds take of a kernel or of its distance to K0, in
     numpy float64, by their definitions in keras_capacity.bounds."""

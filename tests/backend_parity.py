@@ -3,7 +3,9 @@
     KERAS_BACKEND=tensorflow python tests/backend_parity.py OUT.npz
 
 :func:`results` projects fixed kernels (exact projections now, and the
-train step's projections with their in-graph estimators), computes exact
+train step's projections with their in-graph estimators; every other kind
+of linear layer too: depthwise, separable, grouped, 1-D, 3-D and
+transposed convolutions), computes exact
 norms, runs the layers, measures a small model (layer table, margins,
 bounds) and retrofits a plain one (``constrain``, ``project``,
 ``lipschitz``, ``distance``), all from numpy inputs of fixed seeds; the
@@ -115,6 +117,89 @@ def _screened_steps(out, key, moved, k0, geometry):
         kernel = kernel + 1e-3 * RNG.standard_normal(k0.shape).astype(np.float32)
 
 
+L = keras.layers
+# The other linear layers Keras has: {name: (layer with the given LipDist,
+# input shape, whether mode="orthogonal" applies)}.
+OTHER_KINDS = {
+    "depthwise2d": (
+        lambda c: L.DepthwiseConv2D(
+            3, padding="same", depth_multiplier=2, use_bias=False, depthwise_constraint=c
+        ),
+        (6, 6, 3),
+        False,
+    ),
+    "depthwise1d": (
+        lambda c: L.DepthwiseConv1D(3, strides=2, use_bias=False, depthwise_constraint=c),
+        (9, 3),
+        False,
+    ),
+    "separable2d": (
+        lambda c: L.SeparableConv2D(
+            4, 3, strides=2, padding="same", use_bias=False, pointwise_constraint=c
+        ),
+        (7, 6, 3),
+        False,
+    ),
+    "separable1d": (
+        lambda c: L.SeparableConv1D(4, 3, dilation_rate=2, use_bias=False, pointwise_constraint=c),
+        (9, 3),
+        False,
+    ),
+    "grouped": (
+        lambda c: L.Conv2D(6, 3, padding="same", groups=3, use_bias=False, kernel_constraint=c),
+        (6, 5, 6),
+        False,
+    ),
+    "circular_grouped": (
+        lambda c: kc.CircularConv2D(6, 3, groups=2, use_bias=False, kernel_constraint=c),
+        (6, 6, 4),
+        True,
+    ),
+    "conv1d_causal": (
+        lambda c: L.Conv1D(
+            4, 3, padding="causal", dilation_rate=2, use_bias=False, kernel_constraint=c
+        ),
+        (9, 3),
+        False,
+    ),
+    "conv3d": (
+        lambda c: L.Conv3D(3, 2, padding="same", use_bias=False, kernel_constraint=c),
+        (3, 4, 5, 2),
+        False,
+    ),
+    "transposed2d": (
+        lambda c: L.Conv2DTranspose(
+            3, 3, strides=2, padding="same", use_bias=False, kernel_constraint=c
+        ),
+        (4, 3, 2),
+        False,
+    ),
+}
+
+
+def _other_kinds(out):
+    """Every other kind of linear layer, bound, its kernels moved far, then
+    projected: the kernels, its exact norm and distance, and its output."""
+    for name, (make, shape, has_orthogonal) in OTHER_KINDS.items():
+        for mode in ("radial", "orthogonal") if has_orthogonal else ("radial",):
+            layer = make(kc.LipDist(0.5, 1.5, mode=mode, n_iter=2))
+            model = keras.Sequential([keras.Input(shape), layer])
+            for variable in layer.trainable_weights:
+                variable.assign(RNG.standard_normal(tuple(variable.shape)).astype(np.float32))
+            kc.bind(model)
+            for variable in layer.trainable_weights:
+                moved = ops.convert_to_numpy(variable) + 0.4 * RNG.standard_normal(variable.shape)
+                variable.assign(moved.astype(np.float32))
+            kc.project(model)
+            key = f"kinds/{name}/{mode}"
+            for i, variable in enumerate(layer.trainable_weights):
+                out[f"{key}/kernel{i}"] = ops.convert_to_numpy(variable)
+            out[f"{key}/lipschitz"] = np.float64(kc.lipschitz(layer))
+            out[f"{key}/distance"] = np.float64(kc.distance(layer))
+            x = RNG.standard_normal((2, *shape)).astype(np.float32)
+            out[f"{key}/layers/output"] = ops.convert_to_numpy(layer(x))
+
+
 def _layers(out):
     x = RNG.standard_normal((3, 6, 6, 4)).astype(np.float32)
     conv = kc.CircularConv2D(3, 3, strides=2, dilation_rate=1, use_bias=False)
@@ -171,6 +256,7 @@ def _retrofit(out):
 def results():
     out = {}
     _projections(out)
+    _other_kinds(out)
     _layers(out)
     _model(out)
     _retrofit(out)

@@ -89,9 +89,10 @@ def project(kernel, initial_kernel, lip, dist, geometry, rounds):
 
 def project_screened(kernel, initial_kernel, lip, dist, block_screen, state):
     """``(kernel, state)``: the one-round projection of `project`
-    (``rounds=1``, a finite ``lip``) of an output-side circular convolution,
-    decomposing only the frequency blocks that the
-    `BlockScreen` cannot certify to lie in the
+    (``rounds=1``, a finite ``lip``) of a circular convolution that
+    `keras_capacity.screen.applies` to (output side, or stride 1 through
+    the adjoint), decomposing only the frequency blocks that the
+    `keras_capacity.screen.BlockScreen` cannot certify to lie in the
     ball; ``state`` is the screen's (a kernel and bounds on its blocks),
     returned for the projected kernel. The same steps as `project`:
     the distance ball, the clipping, the feasibility rescale by the exact

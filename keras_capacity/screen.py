@@ -30,6 +30,27 @@ eigenvalues it comes from (about ``1e-7`` in the tests), so bounds stay
 upper bounds over any number of projections; a block whose bound creeps
 up to ``lip`` is decomposed and its bound made exact again.
 
+A stride-1 convolution whose Gram matrices are on the input side (``out >
+in``: the paper's first convolution, 3->64, and each stage's first, 64->128
+and on) is screened through its adjoint (`AdjointScreen`). For the Keras
+kernel ``K`` (taps ``K_a``, ``in x out``, at grid offsets ``o_a =
+d a - p``, `keras_capacity.fourier.tap_positions`), ``(A x)(i) = sum_a
+K_a^T x(i + o_a)``, so ``(A^T y)(j) = sum_a K_a y(j - o_a)``. The kernel
+``K*`` flipped in both spatial axes with its channel axes swapped (``K*_a =
+K_{k-1-a}^T``, ``out x in``) puts ``K_{k-1-a}`` at ``d a - p = c - o_{k-1-a}``
+with ``c = d (k - 1) - 2 p`` (0 for an odd span ``d (k - 1) + 1``, 1 for an
+even one), so its convolution on the same grid (same dilation, stride 1) is
+``A^T`` followed by a circular translation by ``c``: a unitary factor. Its
+block at frequency ``g`` is ``X(g)^H`` times a unit phase: the same
+singular values at the same frequency, so the two share bounds, block for
+block. Clipping
+commutes with the unitary factor and with the adjoint, and the taps of
+``K*`` are those of ``K`` (grid cell ``x`` to ``c - x``), so clipping
+``K*`` on its grid and restricting it to its taps is the adjoint of the same
+for ``K``; ``Lip(K*) = Lip(K)``; the distance is not the screen's. And the
+adjoint's Gram matrices are on its output side (``in <= out``), where
+`BlockScreen` works.
+
 Measured on the paper's networks (``benchmarks/active_blocks.py``): after
 the first projection about 2% of the blocks need a decomposition.
 """
@@ -52,13 +73,29 @@ def applies(geometry, kernel_shape):
     """Whether the blocks are screened: an ungrouped circular convolution
     whose strides divide its input and whose Gram matrices are on the
     output side (`keras_capacity.fourier.plan`), the path where the
-    projection works on the kernel's taps."""
+    projection works on the kernel's taps, or at stride 1 on the input
+    side, through the adjoint (`AdjointScreen`)."""
     return (
         fourier.is_circular(geometry)
         and geometry.groups == 1
         and fourier.strides_divide(geometry)
-        and fourier.plan(geometry, kernel_shape)[0] == "output"
+        and (
+            fourier.plan(geometry, kernel_shape)[0] == "output" or tuple(geometry.strides) == (1, 1)
+        )
     )
+
+
+def is_adjoint(geometry, kernel_shape):
+    """Whether a screened layer is screened through its adjoint: stride 1
+    with the Gram matrices on the input side (``out > in``)."""
+    return fourier.plan(geometry, kernel_shape)[0] == "input"
+
+
+def adjoint_kernel(kernel):
+    """``K*``: the kernel flipped in both spatial axes, its channel axes
+    swapped, ``(kh, kw, out, in)``; the adjoint convolution's, up to a
+    circular translation (module docstring). Its own inverse."""
+    return ops.transpose(ops.flip(ops.flip(kernel, 0), 1), (0, 1, 3, 2))
 
 
 def _excess_shrinkage(gram, lip):
@@ -75,9 +112,10 @@ def _excess_shrinkage(gram, lip):
 
 
 class BlockScreen:
-    """Upper bounds on every block of one layer's circular convolution,
-    carried from projection to projection, and the clipping and exact
-    norm that decompose only the blocks above ``lip``."""
+    """Upper bounds on every block of one layer's circular convolution
+    (its Gram matrices on the output side), carried from projection to
+    projection, and the clipping and exact norm that decompose only the
+    blocks above ``lip``."""
 
     def __init__(self, geometry, kernel_shape):
         self.kernel_shape = tuple(int(d) for d in kernel_shape)
@@ -203,6 +241,40 @@ class BlockScreen:
         return self._screened(bounds, lip, decompose, lambda: (ops.max(bounds), bounds))
 
 
+class AdjointScreen(BlockScreen):
+    """The `BlockScreen` of the adjoint kernel ``K*`` (`adjoint_kernel`), for
+    a stride-1 convolution whose Gram matrices are on the input side.
+
+    Its state and its arguments are in the layer's own kernel space (what
+    ``LipDist`` keeps, and what `keras_capacity.orthogonal.project_screened`
+    passes); every kernel is mapped to ``K*`` on the way in and clipped
+    kernels back on the way out. The bounds are those of ``K*``'s blocks,
+    which have ``K``'s singular values at the same frequencies, so the
+    clipping, the norm and the bounds are ``K``'s (module docstring)."""
+
+    def __init__(self, geometry, kernel_shape):
+        kh, kw, channels_in, channels_out = (int(d) for d in kernel_shape)
+        super().__init__(geometry, (kh, kw, channels_out, channels_in))
+        self.kernel_shape = (kh, kw, channels_in, channels_out)
+
+    def carried(self, state, kernel):
+        last, bounds = state
+        last = ops.convert_to_tensor(last, kernel.dtype)
+        return super().carried((adjoint_kernel(last), bounds), adjoint_kernel(kernel))
+
+    def clip(self, kernel, bounds, lip):
+        clipped, bounds = super().clip(adjoint_kernel(kernel), bounds, lip)
+        return adjoint_kernel(clipped), bounds
+
+    def norm(self, kernel, bounds, lip):
+        return super().norm(adjoint_kernel(kernel), bounds, lip)
+
+
 def choose(geometry, kernel_shape):
-    """The layer's screen, or ``None`` where `applies` does not hold."""
-    return BlockScreen(geometry, kernel_shape) if applies(geometry, kernel_shape) else None
+    """The layer's screen (`AdjointScreen` at stride 1 on the input side), or
+    ``None`` where `applies` does not hold."""
+    if not applies(geometry, kernel_shape):
+        return None
+    if is_adjoint(geometry, kernel_shape):
+        return AdjointScreen(geometry, kernel_shape)
+    return BlockScreen(geometry, kernel_shape)

@@ -2,7 +2,9 @@
 bounds against every block's float64 SVD, its projections against a numpy
 one-round projection written here, over consecutive projections with small
 and large moves, in training (compiled, XLA, MirroredStrategy), and files
-saved before the screen kept state."""
+saved before the screen kept state; for output-side convolutions and for
+stride-1 input-side ones, screened through their adjoint (odd and even
+kernels, dilated, filling their grid)."""
 
 import keras
 import numpy as np
@@ -19,7 +21,7 @@ from keras_capacity import (
     screen,
 )
 from tests.conftest import operator_matrix
-from tests.test_orthogonal import embed, numpy_clip, numpy_l21_ball, restrict
+from tests.test_orthogonal import numpy_clip, numpy_l21_ball
 
 LIP_TOL = constraints.LIPSCHITZ_TOLERANCE
 
@@ -33,32 +35,66 @@ CASES = [  # size, kernel, channels in, out, strides
 ]
 
 
-def numpy_blocks(kernel, size, strides):
+# Stride 1 with the Gram matrices on the input side (out > in), screened
+# through the adjoint: size, kernel, channels in, out, dilation.
+ADJOINT_CASES = [
+    ((8, 8), 3, 3, 5, (1, 1)),
+    ((7, 9), 2, 2, 5, (1, 1)),  # even kernel: the adjoint is translated
+    ((9, 8), 3, 2, 4, (2, 2)),
+    ((6, 8), 4, 2, 5, (1, 2)),  # even, dilated along one axis
+    ((3, 3), 3, 2, 4, (1, 1)),  # the taps fill the grid
+    ((2, 2), 2, 1, 3, (1, 1)),  # even, filling a 2x2 grid
+]
+
+
+def tap_offsets(taps, dilation, size):
+    """Where the periodic padding puts the taps: ``d a - (d (k - 1)) // 2``."""
+    return (np.arange(taps) * dilation - (dilation * (taps - 1)) // 2) % size
+
+
+def dilated_embed(kernel, size, dilation):
+    """Numpy: the kernel's taps on the grid, with the dilation."""
+    rows, cols = (tap_offsets(kernel.shape[i], dilation[i], size[i]) for i in range(2))
+    grid = np.zeros((*size, *kernel.shape[2:]))
+    for a, row in enumerate(rows):
+        for b, col in enumerate(cols):
+            grid[row, col] += kernel[a, b]
+    return grid
+
+
+def dilated_restrict(grid, kernel_shape, dilation):
+    rows, cols = (tap_offsets(kernel_shape[i], dilation[i], grid.shape[i]) for i in range(2))
+    return grid[np.ix_(rows, cols)]
+
+
+def numpy_blocks(kernel, size, strides, dilation=(1, 1)):
     """Every block ``X(g)`` of the circular convolution, ``(H/s_h, W/s_w,
     in S, out)``: the aliases of each output frequency stacked, over
     ``sqrt(S)``; float64, from a full complex FFT."""
     (s_h, s_w), (height, width) = strides, size
-    spectrum = np.fft.fft2(embed(kernel, size), axes=(0, 1))
+    spectrum = np.fft.fft2(dilated_embed(kernel, size, dilation), axes=(0, 1))
     spectrum = spectrum.reshape(s_h, height // s_h, s_w, width // s_w, *kernel.shape[2:])
     blocks = spectrum.transpose(1, 3, 0, 2, 4, 5)
     return blocks.reshape(height // s_h, width // s_w, -1, kernel.shape[3]) / np.sqrt(s_h * s_w)
 
 
-def numpy_norm(kernel, size, strides):
-    return np.linalg.norm(numpy_blocks(kernel, size, strides), 2, axis=(-2, -1)).max()
+def numpy_norm(kernel, size, strides, dilation=(1, 1)):
+    blocks = numpy_blocks(kernel, size, strides, dilation)
+    return np.linalg.norm(blocks, 2, axis=(-2, -1)).max()
 
 
-def numpy_projection(kernel, k0, lip, dist, size, strides):
+def numpy_projection(kernel, k0, lip, dist, size, strides, dilation=(1, 1)):
     """One round: the distance ball, every block's singular values clipped
     at ``lip`` on the grid, the taps kept, the rescale to ``lip`` by the
     exact norm, the segment toward ``K0``."""
     (s_h, s_w), (height, width) = strides, size
     x = k0 + numpy_l21_ball(kernel - k0, dist)
-    clipped = numpy_clip(numpy_blocks(x, size, strides), lip) * np.sqrt(s_h * s_w)
+    clipped = numpy_clip(numpy_blocks(x, size, strides, dilation), lip) * np.sqrt(s_h * s_w)
     spectrum = clipped.reshape(height // s_h, width // s_w, s_h, s_w, *x.shape[2:])
     spectrum = spectrum.transpose(2, 0, 3, 1, 4, 5).reshape(height, width, *x.shape[2:])
-    result = restrict(np.real(np.fft.ifft2(spectrum, axes=(0, 1))), x.shape)
-    result *= min(1.0, lip / numpy_norm(result, size, strides))
+    grid = np.real(np.fft.ifft2(spectrum, axes=(0, 1)))
+    result = dilated_restrict(grid, x.shape, dilation)
+    result *= min(1.0, lip / numpy_norm(result, size, strides, dilation))
     delta = result - k0
     return k0 + delta * min(1.0, dist / np.linalg.norm(delta, axis=-2).sum())
 
@@ -76,9 +112,11 @@ def block_order(size, strides):
     return np.concatenate([kept[own], kept[~own]])
 
 
-def block_norms(kernel, size, strides):
-    """Every screened block's largest singular value, in the screen's order."""
-    norms = np.linalg.norm(numpy_blocks(kernel, size, strides), 2, axis=(-2, -1)).ravel()
+def block_norms(kernel, size, strides, dilation=(1, 1)):
+    """Every screened block's largest singular value, in the screen's order
+    (an adjoint screen's blocks have the same frequencies)."""
+    blocks = numpy_blocks(kernel, size, strides, dilation)
+    norms = np.linalg.norm(blocks, 2, axis=(-2, -1)).ravel()
     return norms[block_order(size, strides)]
 
 
@@ -103,13 +141,33 @@ def test_consecutive_projections_match_numpy_and_the_bounds_hold(
     projection, and every bound the screen keeps is at least its block's
     largest singular value; some projections decompose none or only some
     of the blocks (the screen saves work), others all of them."""
-    geometry = operators.OperatorGeometry("conv2d", size, strides, padding="circular")
+    check_consecutive_projections(size, k, channels_in, channels_out, strides, (1, 1))
+
+
+@pytest.mark.parametrize("size,k,channels_in,channels_out,dilation", ADJOINT_CASES)
+def test_input_side_projections_through_the_adjoint_match_numpy(
+    size, k, channels_in, channels_out, dilation
+):
+    """The same at stride 1 with the Gram matrices on the input side (odd
+    and even kernels, dilated, filling their grid), screened through the
+    adjoint kernel: numpy's projection of the layer's own kernel, and
+    bounds on the layer's own blocks."""
+    geometry = operators.OperatorGeometry("conv2d", size, (1, 1), dilation, padding="circular")
+    assert fourier.plan(geometry, (k, k, channels_in, channels_out))[0] == "input"
+    check_consecutive_projections(size, k, channels_in, channels_out, (1, 1), dilation)
+
+
+def check_consecutive_projections(size, k, channels_in, channels_out, strides, dilation):
+    geometry = operators.OperatorGeometry("conv2d", size, strides, dilation, padding="circular")
     shape = (k, k, channels_in, channels_out)
     screen_ = screen.choose(geometry, shape)
     assert screen_ is not None
+    adjoint = fourier.plan(geometry, shape)[0] == "input"
+    assert isinstance(screen_, screen.AdjointScreen) == adjoint
+    assert screen_.state_shapes()["screened_kernel"] == shape
     rng = np.random.default_rng(1)
     k0 = 0.3 * rng.standard_normal(shape)
-    lip = 0.8 * numpy_norm(k0, size, strides)
+    lip = 0.8 * numpy_norm(k0, size, strides, dilation)
     dist = 0.5 * np.linalg.norm(k0, axis=-2).sum()
     state = screen_.start(k0)
     kernel, decomposed = k0, []
@@ -121,14 +179,15 @@ def test_consecutive_projections_match_numpy_and_the_bounds_hold(
             tf.constant(kernel), tf.constant(k0), lip, dist, screen_, state
         )
         ours = ours.numpy()
-        np.testing.assert_allclose(
-            ours, numpy_projection(kernel, k0, lip, dist, size, strides), atol=1e-9, err_msg=step
-        )
-        assert np.all(state[1].numpy() >= block_norms(ours, size, strides) - 1e-12)
+        theirs = numpy_projection(kernel, k0, lip, dist, size, strides, dilation)
+        np.testing.assert_allclose(ours, theirs, atol=1e-9, err_msg=step)
+        assert np.all(state[1].numpy() >= block_norms(ours, size, strides, dilation) - 1e-12)
         np.testing.assert_array_equal(state[0].numpy(), ours)
         kernel = ours
     assert decomposed[0] == 1.0 and min(decomposed) < 1.0
-    if len(screen_.capacities) > 1:
+    # Taps that fill their grid leave the clipped blocks at ``lip``, above it
+    # by the inflation: a 3x3 grid's five blocks are then mostly above.
+    if len(screen_.capacities) > 1 and not screen_.covers_grid:
         assert any(0.0 < share <= 0.5 for share in decomposed)
 
 
@@ -148,8 +207,8 @@ class BoundsChecker(keras.callbacks.Callback):
         kernel, bounds = (np.asarray(v.numpy(), np.float64) for v in constraint.projection_state)
         if constraint.mode == "orthogonal":  # the radial state keeps the kernel it rescaled
             np.testing.assert_array_equal(kernel, self.layer.kernel.numpy())
-        size, strides = self.input_shape[:2], constraint.geometry.strides
-        assert np.all(bounds >= block_norms(kernel, size, strides))
+        size, geometry = self.input_shape[:2], constraint.geometry
+        assert np.all(bounds >= block_norms(kernel, size, geometry.strides, geometry.dilation))
 
 
 @pytest.mark.parametrize("mode", ["orthogonal", "radial"])
@@ -173,16 +232,53 @@ def test_every_training_step_holds_its_bound(setting, mode, two_cpu_strategy):
     model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[BoundsChecker(conv, (8, 8, 6))])
 
 
+@pytest.mark.parametrize(
+    "mode,k,dilation", [("orthogonal", 2, 1), ("orthogonal", 3, 2), ("radial", 3, 1)]
+)
+def test_input_side_training_steps_hold_their_bound(mode, k, dilation):
+    """The same SGD steps on a 3->6 convolution, screened through its
+    adjoint (an even kernel, a dilated one): within the bound on the dense
+    operator after every step, and the kept bounds bound the layer's own
+    blocks."""
+    with tf.device("/cpu:0"):
+        conv = kc.CircularConv2D(
+            6,
+            k,
+            dilation_rate=dilation,
+            use_bias=False,
+            kernel_constraint=kc.LipDist(0.7, 3.0, mode=mode),
+        )
+        model = keras.Sequential([keras.Input((8, 8, 3)), conv, keras.layers.Flatten()])
+        kc.bind(model)
+        model.compile(keras.optimizers.SGD(0.05), "mse")
+    assert isinstance(conv.kernel_constraint._block_screen, screen.AdjointScreen)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 8, 8, 3)).astype(np.float32)
+    y = 10 * rng.standard_normal((64, 8 * 8 * 6)).astype(np.float32)
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[BoundsChecker(conv, (8, 8, 3))])
+
+
 @pytest.mark.parametrize("size,k,channels_in,channels_out,strides", CASES)
 def test_the_radial_estimate_is_exact_above_the_bound(size, k, channels_in, channels_out, strides):
     """The screened in-graph estimate of Lip over consecutive kernels: the
     exact norm (numpy's) wherever that exceeds ``lip``, and at most ``lip``
     where the norm is below it; its state bounds the rescaled kernel."""
-    geometry = operators.OperatorGeometry("conv2d", size, strides, padding="circular")
+    check_radial_estimate(size, k, channels_in, channels_out, strides, (1, 1))
+
+
+@pytest.mark.parametrize("size,k,channels_in,channels_out,dilation", ADJOINT_CASES)
+def test_the_radial_estimate_through_the_adjoint_is_exact_above_the_bound(
+    size, k, channels_in, channels_out, dilation
+):
+    check_radial_estimate(size, k, channels_in, channels_out, (1, 1), dilation)
+
+
+def check_radial_estimate(size, k, channels_in, channels_out, strides, dilation):
+    geometry = operators.OperatorGeometry("conv2d", size, strides, dilation, padding="circular")
     shape = (k, k, channels_in, channels_out)
     rng = np.random.default_rng(2)
     kernel = 0.3 * rng.standard_normal(shape)
-    lip = 0.9 * numpy_norm(kernel, size, strides)
+    lip = 0.9 * numpy_norm(kernel, size, strides, dilation)
     estimator = lipschitz_estimators.choose(geometry, shape, lip)
     assert estimator.screen is not None
     state = estimator.screen.start(kernel)
@@ -190,35 +286,42 @@ def test_the_radial_estimate_is_exact_above_the_bound(size, k, channels_in, chan
     for scale in [0.0, 0.01, 0.1, 0.0, 1.0, 0.001, 0.3]:
         kernel = kernel + scale * np.abs(kernel).mean() * rng.standard_normal(shape)
         sigma, state = estimator.in_graph(tf.constant(kernel), state, 0)
-        truth = numpy_norm(kernel, size, strides)
+        truth = numpy_norm(kernel, size, strides, dilation)
         if truth > lip:
             np.testing.assert_allclose(float(sigma), truth, rtol=1e-10)
             above += 1
         else:
-            assert truth * (1 - 1e-12) <= float(sigma) <= lip
+            # At most lip, but for rounding where the kernel was rescaled to it.
+            assert truth * (1 - 1e-12) <= float(sigma) <= lip * (1 + 1e-12)
             below += 1
         rescaled = kernel * min(1.0, lip / truth)
         np.testing.assert_allclose(state[0].numpy(), rescaled, rtol=1e-10)
-        assert np.all(state[1].numpy() >= block_norms(rescaled, size, strides) - 1e-12)
+        bounds = block_norms(rescaled, size, strides, dilation)
+        assert np.all(state[1].numpy() >= bounds - 1e-12)
         kernel = rescaled
     assert above and below
 
 
-def test_a_file_saved_before_the_screen_loads_with_unknown_bounds():
-    """What Keras's loading hands a LipDist from such a file: its first
-    three variables; the bounds start unknown, so the next projection
-    decomposes every block. Other counts are still refused."""
-    conv = kc.CircularConv2D(2, 3, kernel_constraint=kc.LipDist(0.7, 3.0, mode="orthogonal"))
+@pytest.mark.parametrize("channels_out,mode", [(2, "orthogonal"), (6, "orthogonal"), (6, "radial")])
+def test_a_file_saved_before_the_screen_loads_with_unknown_bounds(channels_out, mode):
+    """What Keras's loading hands a LipDist from such a file: its three
+    variables other than the screen's; the bounds start unknown, so the next
+    projection decomposes every block. Other counts are still refused. Also
+    for a 4->6 convolution (screened through its adjoint since, unscreened
+    before)."""
+    conv = kc.CircularConv2D(channels_out, 3, kernel_constraint=kc.LipDist(0.7, 3.0, mode=mode))
     model = keras.Sequential([keras.Input((8, 8, 4)), conv])
     kc.bind(model)
     constraint = conv.kernel_constraint
     k0 = constraint.initial_kernel.numpy()
     # The variables a LipDist saved before: K0, the step count, bound or not.
-    old = {str(i): v.numpy() for i, v in enumerate(constraint.variables[:3])}
+    kept = [v for v in constraint.variables if all(v is not s for s in constraint.projection_state)]
+    old = {str(i): v.numpy() for i, v in enumerate(kept)}
     fresh = kc.LipDist.from_config(constraint.get_config())
     fresh.load_own_variables(old)
     np.testing.assert_array_equal(fresh.initial_kernel.numpy(), k0)
     assert fresh.is_bound
+    assert fresh.steps.numpy() == constraint.steps.numpy()
     assert np.all(np.isinf(fresh.projection_state[1].numpy()))
     with pytest.raises(ValueError, match="expected 5 variables"):
         fresh.load_own_variables({"0": k0})

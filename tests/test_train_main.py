@@ -1,8 +1,12 @@
-"""The commands as users run them (subprocesses): train_main.py and
-keras-capacity-report end to end, resuming after a kill, strategies, and
-one-line errors for bad input and damaged runs."""
+"""The commands as users run them: train_main.py and keras-capacity-report
+end to end, resuming after a kill, strategies, and one-line errors for bad
+input and damaged runs; as processes where the process is what is tested
+(its start, a kill, a terminal, several devices or workers), else through
+the commands' own entry functions in this process."""
 
+import contextlib
 import json
+import logging
 import os
 import pty
 import shutil
@@ -14,9 +18,14 @@ import time
 import keras
 import numpy as np
 import pytest
+from absl import flags
+from absl import logging as absl_logging
 from conftest import command_environment, free_port
 
 import keras_capacity as kc
+from keras_capacity.training import cli
+from keras_capacity.training import flags as run_flags
+from keras_capacity.training import report as report_command
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = [
@@ -90,6 +99,57 @@ def run_each(program, argvs):
     return [tuple(found) for found in json.loads(result.stdout.splitlines()[-1])]
 
 
+@contextlib.contextmanager
+def logger_levels_kept():
+    """Puts back TensorFlow's and absl's logger levels, which the commands
+    keep to errors (``quiet_tensorflow``), after a call in this process."""
+    tf_logger, verbosity = logging.getLogger("tensorflow"), absl_logging.get_verbosity()
+    level = tf_logger.level
+    try:
+        yield
+    finally:
+        tf_logger.setLevel(level)
+        absl_logging.set_verbosity(verbosity)
+
+
+def train_here(argv, monkeypatch, capfd):
+    """``(exit status, stdout, stderr)`` of train_main.py on ``argv``, run
+    in this process (TensorFlow is already imported) through the program's
+    own flag parser and main function, with a fresh set of absl flags in
+    place of ``absl.flags.FLAGS`` for the call and the loggers' levels put
+    back after it; the streams are captured at their file descriptors. For
+    the cases that are not about the process itself (its start, a kill, a
+    terminal): each saves a process and TensorFlow's import."""
+    fresh = flags.FlagValues()
+    run_flags.define_flags(fresh)
+    monkeypatch.setattr(flags, "FLAGS", fresh)
+    capfd.readouterr()
+    try:
+        with logger_levels_kept():
+            cli._train_main(cli.parse_flags(["train_main.py", *argv]))
+        code = 0
+    except SystemExit as stop:
+        code = stop.code
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
+def report_here(argvs, capfd):
+    """``(exit status, stdout, stderr)`` of the report command's ``main``
+    on each argv, in this process (its streams captured at the file
+    descriptors); the command as a process is `report`'s."""
+    found = []
+    for argv in argvs:
+        capfd.readouterr()
+        try:
+            with logger_levels_kept():
+                code = report_command.main(argv)
+        except SystemExit as stop:
+            code = stop.code
+        found.append((code, *capfd.readouterr()))
+    return found
+
+
 def k0_of(path):
     model = keras.models.load_model(path, compile=False)
     return {c.layer_name: c.initial_kernel.numpy() for _, c in kc.binding.constrained_layers(model)}
@@ -107,7 +167,7 @@ def finished_run(tmp_path_factory):
     return run_dir, result
 
 
-def test_flag_file_run_end_to_end(finished_run):
+def test_flag_file_run_end_to_end(finished_run, monkeypatch, capfd):
     run_dir, result = finished_run
     saved = (run_dir / "flags.txt").read_text()
     assert "--epochs=2\n" in saved and "--lip=2,1.5,-1,2\n" in saved  # later flags win
@@ -141,11 +201,13 @@ def test_flag_file_run_end_to_end(finished_run):
         os.listdir(run_dir / "tensorboard")
     )
     # Run again from its own flag file: a finished run, not trained again.
-    again = run([f"--flagfile={run_dir / 'flags.txt'}", f"--logdir={run_dir}"])
-    assert again.returncode == 0 and "is a finished run" in again.stdout
+    code, stdout, _ = train_here(
+        [f"--flagfile={run_dir / 'flags.txt'}", f"--logdir={run_dir}"], monkeypatch, capfd
+    )
+    assert code == 0 and "is a finished run" in stdout
 
 
-def test_report_command(finished_run, tmp_path):
+def test_report_command(finished_run, tmp_path, capfd):
     run_dir, _ = finished_run
     report_json = json.loads((run_dir / "report.json").read_text())
     assert report_json["layers"] == json.loads((run_dir / "summary.json").read_text())["layers"]
@@ -161,8 +223,8 @@ def test_report_command(finished_run, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert (copy / "report.md").exists()
     assert json.loads((copy / "report.json").read_text())["bounds"] == report_json["bounds"]
-    at_median, bad, *helped = run_each(
-        "report", [[str(copy), "--gamma=q50"], [str(copy), "--gamma=-1"], ["--help"], ["-h"]]
+    at_median, bad, *helped = report_here(
+        [[str(copy), "--gamma=q50"], [str(copy), "--gamma=-1"], ["--help"], ["-h"]], capfd
     )
     assert at_median[0] == 0, at_median[2][-2000:]
     assert "## Complexity bounds at gamma = " in (copy / "report.md").read_text()
@@ -198,7 +260,7 @@ def damaged_copies(run_dir, tmp_path):
     ]
 
 
-def test_report_on_damaged_runs_is_one_line(finished_run, tmp_path):
+def test_report_on_damaged_runs_is_one_line(finished_run, tmp_path, capfd):
     import re
 
     run_dir, _ = finished_run
@@ -210,7 +272,7 @@ def test_report_on_damaged_runs_is_one_line(finished_run, tmp_path):
         damage(copy / name)
         copies.append((copy, {p: os.path.getmtime(copy / p) for p in os.listdir(copy)}))
     nowhere = tmp_path / "nowhere"
-    found = run_each("report", [[str(copy)] for copy, _ in copies] + [[str(nowhere)]])
+    found = report_here([[str(copy)] for copy, _ in copies] + [[str(nowhere)]], capfd)
     code, _, stderr = found.pop()
     assert code == 2 and stderr.strip() == f"error: {nowhere} does not exist.", stderr[-2000:]
     assert not nowhere.exists()
@@ -226,13 +288,17 @@ def test_report_on_damaged_runs_is_one_line(finished_run, tmp_path):
         } == before  # nothing written
 
 
-def test_summary_damage_ends_the_training_command_in_one_line(finished_run, tmp_path):
+def test_summary_damage_ends_the_training_command_in_one_line(
+    finished_run, tmp_path, monkeypatch, capfd
+):
     copy = tmp_path / "run"
     shutil.copytree(finished_run[0], copy)
     (copy / "summary.json").write_text('{"train_loss": 0.')
-    result = run([f"--flagfile={copy / 'flags.txt'}", f"--logdir={copy}"])
-    assert result.returncode == 2
-    assert result.stderr.strip().count("\n") == 0 and "summary.json is damaged" in result.stderr
+    code, _, stderr = train_here(
+        [f"--flagfile={copy / 'flags.txt'}", f"--logdir={copy}"], monkeypatch, capfd
+    )
+    assert code == 2
+    assert stderr.strip().count("\n") == 0 and "summary.json is damaged" in stderr
 
 
 BAD_INPUT = (
@@ -279,30 +345,44 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path):
     assert not os.listdir(tmp_path)
 
 
-def test_missing_cifar_is_one_line_within_seconds(tmp_path):
+def test_missing_cifar_is_one_line_within_seconds(tmp_path, monkeypatch, capfd):
     started = time.monotonic()
-    result = run(
+    code, _, stderr = train_here(
         SMALL
         + ["--dataset=cifar10", f"--data_dir={tmp_path / 'tfds'}", f"--logdir={tmp_path / 'run'}"],
-        timeout=120,
+        monkeypatch,
+        capfd,
     )
     assert time.monotonic() - started < 30
-    assert result.returncode == 2
-    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert code == 2
+    errors = [line for line in stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and "cifar10 is not prepared in" in errors[0]
     assert "keras-capacity-data prepare cifar10" in errors[0]
     assert not (tmp_path / "run").exists()
 
 
-def test_in_a_terminal_the_constraint_line_has_its_own_line(tmp_path):
+def test_in_a_terminal_on_two_cpu_devices(tmp_path):
+    """One run for two things that a process shows: in a terminal, the
+    constraint line has its own line (after Keras's progress bar); and
+    with --strategy=mirrored on two CPU devices it trains two replicas,
+    every constraint held."""
     parent, child = pty.openpty()
-    process = subprocess.Popen(
-        [sys.executable, "train_main.py", *SMALL, "--epochs=1", f"--logdir={tmp_path / 'r'}"],
-        cwd=ROOT,
-        env=command_environment(),
-        stdout=child,
-        stderr=subprocess.DEVNULL,
-    )
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "train_main.py",
+                *SMALL,
+                "--epochs=1",
+                "--strategy=mirrored",
+                "--cpu_devices=2",
+                f"--logdir={tmp_path / 'r'}",
+            ],
+            cwd=ROOT,
+            env=command_environment(),
+            stdout=child,
+            stderr=stderr,
+        )
     os.close(child)
     output = b""
     while True:
@@ -316,8 +396,11 @@ def test_in_a_terminal_the_constraint_line_has_its_own_line(tmp_path):
     process.wait(timeout=300)
     os.close(parent)
     text = output.decode(errors="replace").replace("\r", "\n")
-    assert process.returncode == 0, text[-2000:]
+    assert process.returncode == 0, text[-2000:] + (tmp_path / "stderr.txt").read_text()[-2000:]
     assert any(line.startswith("epoch 1: loss") for line in text.split("\n")), text[-2000:]
+    assert "2 replica(s)" in text
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["replicas"] == 2 and summary["all_constraints_hold"]
 
 
 @pytest.mark.slow
@@ -396,19 +479,8 @@ def test_multi_worker_on_localhost(tmp_path):
     assert summary["replicas"] == 2 and summary["all_constraints_hold"]
 
 
-def test_mirrored_on_two_cpu_devices(tmp_path):
-    result = run(
-        SMALL
-        + ["--strategy=mirrored", "--cpu_devices=2", f"--logdir={tmp_path / 'r'}", "--epochs=1"]
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "2 replica(s)" in result.stdout
-    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
-    assert summary["replicas"] == 2 and summary["all_constraints_hold"]
-
-
-def test_unwritable_logdir(tmp_path):
+def test_unwritable_logdir(tmp_path, monkeypatch, capfd):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    result = run(SMALL + [f"--logdir={blocker / 'run'}"])
-    assert result.returncode == 2 and "is not writable" in result.stderr
+    code, _, stderr = train_here(SMALL + [f"--logdir={blocker / 'run'}"], monkeypatch, capfd)
+    assert code == 2 and "is not writable" in stderr

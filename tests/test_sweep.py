@@ -12,10 +12,12 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import flags
 from conftest import TINY_RUN_FLAGS, command_environment, free_port
 
+from keras_capacity.sweep import __main__ as sweep_main
 from keras_capacity.sweep import engine, grid, results
-from keras_capacity.training import RunConfig
+from keras_capacity.training import RunConfig, cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = [*TINY_RUN_FLAGS, "--proj_mode=radial", "--proj_freq=1"]
@@ -73,23 +75,44 @@ def test_bad_grids_are_one_clear_error(specs, message):
         grid.parse_grid(specs)
 
 
-def test_bad_grids_stop_the_command_before_anything_is_written(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "keras_capacity.sweep",
-            *BASE,
-            "--grid=dist.inner:1,x",
-            f"--workdir={tmp_path / 'sweep'}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
+def sweep_here(argv, monkeypatch, capfd):
+    """``(exit status, stdout, stderr)`` of the sweep command on ``argv``,
+    run in this process through its own flag parser and main function
+    (no TensorFlow import of its own), with a fresh set of absl flags in
+    place of ``absl.flags.FLAGS`` for the call, no tuner settings in the
+    environment, and the loggers' levels put back after it; the streams
+    are captured at their file descriptors. For the refusals, which end
+    before any training."""
+    import logging
+
+    from absl import logging as absl_logging
+
+    fresh = flags.FlagValues()
+    sweep_main.define_flags(fresh)
+    monkeypatch.setattr(flags, "FLAGS", fresh)
+    for name in ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    tf_logger, verbosity = logging.getLogger("tensorflow"), absl_logging.get_verbosity()
+    level = tf_logger.level
+    capfd.readouterr()
+    try:
+        sweep_main._main(cli.parse_flags(["keras-capacity-sweep", *argv]))
+        code = 0
+    except SystemExit as stop:
+        code = stop.code
+    finally:
+        tf_logger.setLevel(level)
+        absl_logging.set_verbosity(verbosity)
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
+def test_bad_grids_stop_the_command_before_anything_is_written(tmp_path, monkeypatch, capfd):
+    code, _, stderr = sweep_here(
+        [*BASE, "--grid=dist.inner:1,x", f"--workdir={tmp_path / 'sweep'}"], monkeypatch, capfd
     )
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == (
+    assert code == 2
+    assert stderr.strip().splitlines()[-1] == (
         "error: --grid='dist.inner:1,x': 'x' is not a number."
     )
     assert not (tmp_path / "sweep").exists()
@@ -290,28 +313,13 @@ def test_a_baseline_that_cannot_learn_ends_with_the_reason(single_process):
     assert f"**No estimate: {saved['no_estimate']}.**" in (workdir / "sweep.md").read_text()
 
 
-def test_another_definition_is_refused(single_process):
+def test_another_definition_is_refused(single_process, monkeypatch, capfd):
     workdir, _ = single_process
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "keras_capacity.sweep",
-            *BASE,
-            "--grid=dist.inner:0.5,8",
-            f"--workdir={workdir}",
-        ],
-        cwd=ROOT,
-        env=command_environment(),
-        capture_output=True,
-        text=True,
-        timeout=120,
+    code, _, stderr = sweep_here(
+        [*BASE, "--grid=dist.inner:0.5,8", f"--workdir={workdir}"], monkeypatch, capfd
     )
-    assert result.returncode == 2 and "holds another sweep" in result.stderr
-    assert (
-        "- --grid=dist.inner:0.5,4" in result.stderr
-        and "+ --grid=dist.inner:0.5,8" in result.stderr
-    )
+    assert code == 2 and "holds another sweep" in stderr
+    assert "- --grid=dist.inner:0.5,4" in stderr and "+ --grid=dist.inner:0.5,8" in stderr
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ import time
 import pytest
 import sweep_fake_training as fake
 from conftest import command_environment, free_port
+from test_sweep import sweep_here
 
 from keras_capacity.sweep import engine, grid, results, search
 from keras_capacity.sweep.__main__ import describe
@@ -136,28 +137,28 @@ def test_bad_search_settings_are_one_line(kind, specs, resolution, message):
     ],
 )
 def test_bad_bisect_settings_stop_the_command_before_anything_is_written(
-    tmp_path, setting, message
+    tmp_path, setting, message, monkeypatch, capfd
 ):
+    """The search's refusal through the command's own functions in this
+    process (``sweep_here``); absl's, as a process of its own (the whole
+    path from the command's start to its exit status)."""
     search_flag = "--search=bisect" if setting.startswith("--grid") else setting
     grid_flag = setting if setting.startswith("--grid") else "--grid=dist.inner:1,16"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "keras_capacity.sweep",
-            "--dataset=shapes10",
-            search_flag,
-            grid_flag,
-            f"--workdir={tmp_path / 'sweep'}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 2
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert errors == [result.stderr.strip().splitlines()[-1]]
+    argv = ["--dataset=shapes10", search_flag, grid_flag, f"--workdir={tmp_path / 'sweep'}"]
+    if setting.startswith("--grid"):
+        code, _, stderr = sweep_here(argv, monkeypatch, capfd)
+    else:
+        result = subprocess.run(
+            [sys.executable, "-m", "keras_capacity.sweep", *argv],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        code, stderr = result.returncode, result.stderr
+    assert code == 2
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert errors == [stderr.strip().splitlines()[-1]]
     assert errors[0].startswith(message)
     assert not (tmp_path / "sweep").exists()
 

@@ -5,22 +5,17 @@ oracle, their errors, and the training program and the sweep on a
 grayscale 28x28 ``.npz``."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from conftest import command_environment
+from test_train_main import train_here
 
 from keras_capacity import models
 from keras_capacity.sweep import engine, grid
 from keras_capacity.training import RunConfig, data, dataset_sources
 from keras_capacity.training.config import ConfigError
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def write_npz(path, n_train=40, n_test=12, shape=(28, 28), classes=3, seed=0, **extra):
@@ -306,24 +301,18 @@ NPZ_RUN = [
 ]
 
 
-def test_training_program_on_a_grayscale_npz(tmp_path):
+def test_training_program_on_a_grayscale_npz(tmp_path, monkeypatch, capfd):
+    """train_main.py's flags and main function, in this process
+    (test_train_main's ``train_here``: the program as a process is tested
+    there)."""
     write_npz(tmp_path / "digits.npz", n_train=64, n_test=32)
     run_dir = tmp_path / "run"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "train_main.py",
-            f"--dataset={tmp_path / 'digits.npz'}",
-            *NPZ_RUN,
-            f"--logdir={run_dir}",
-        ],
-        cwd=ROOT,
-        env=command_environment(),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    code, _, stderr = train_here(
+        [f"--dataset={tmp_path / 'digits.npz'}", *NPZ_RUN, f"--logdir={run_dir}"],
+        monkeypatch,
+        capfd,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert code == 0, stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["epochs"] == 1 and summary["all_constraints_hold"]
     assert (run_dir / "report.md").exists()

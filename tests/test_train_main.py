@@ -59,46 +59,6 @@ def report(*args):
     return run(list(args), program=("-m", "keras_capacity.training.report"))
 
 
-# Runs each argv through a command's own entry point in one Python process,
-# so that TensorFlow is imported once for many cases, not once per case:
-# train_main.py's absl app with the flags reset between runs, or the
-# report's main(argv). Prints one JSON list of [exit status, stdout, stderr].
-EACH_DRIVER = """
-import contextlib, io, json, sys
-from absl import app, flags
-from keras_capacity.training import cli, report
-from keras_capacity.training import flags as run_flags
-
-program, argvs = sys.argv[1], json.loads(sys.argv[2])
-if program == "train":
-    run_flags.define_flags()
-found = []
-for argv in argvs:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            if program == "train":
-                flags.FLAGS.unparse_flags()
-                argv = ["train_main.py", *argv]
-                app.run(cli._train_main, argv=argv, flags_parser=cli.parse_flags)
-                code = 0
-            else:
-                code = report.main(argv)
-        except SystemExit as stop:
-            code = stop.code
-    found.append([code, out.getvalue(), err.getvalue()])
-print(json.dumps(found))
-"""
-
-
-def run_each(program, argvs):
-    """``(exit status, stdout, stderr)`` of ``program`` (``"train"`` or
-    ``"report"``) on each argv, in one process (``EACH_DRIVER``)."""
-    result = run(["-c", EACH_DRIVER, program, json.dumps(argvs)], program=(), timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return [tuple(found) for found in json.loads(result.stdout.splitlines()[-1])]
-
-
 @contextlib.contextmanager
 def logger_levels_kept():
     """Puts back TensorFlow's and absl's logger levels, which the commands
@@ -325,18 +285,20 @@ BAD_INPUT = (
 )
 
 
-def test_bad_input_is_one_line_and_writes_nothing(tmp_path):
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capfd):
     """The README's promise: one line, ``error: ...``, exit status 2, for
     the settings the config checks and for those absl's parser rejects;
     the first case as its own process (standard error whole, TensorFlow's
-    start-up included), the others through the same entry point in one."""
+    start-up included), the others through the program's own parser and
+    main function in this process (``train_here``, no TF_CONFIG)."""
     cases = [
         (SMALL + args + [f"--logdir={tmp_path / str(i)}"], m)
         for i, (args, m) in enumerate(BAD_INPUT)
     ]
     alone = run(cases[0][0], timeout=120)
     found = [(alone.returncode, alone.stdout, alone.stderr)]
-    found += run_each("train", [argv for argv, _ in cases[1:]])
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    found += [train_here(argv, monkeypatch, capfd) for argv, _ in cases[1:]]
     for (argv, message), (code, stdout, stderr) in zip(cases, found, strict=True):
         assert code == 2, (argv, stderr[-3000:])
         errors = [line for line in stderr.splitlines() if line.strip()]

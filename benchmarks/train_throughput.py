@@ -2,6 +2,8 @@
 
     python benchmarks/train_throughput.py [--images 4992] [--epochs 12] [--resnet_rounds 5]
 
+(``--epochs 0``: part 2 alone; ``--resnet_rounds 0``: part 1 alone.)
+
 Part 1, simple_convnet6:
 
 simple_convnet6 with 64 channels, batch 128, on CIFAR-shaped data (the
@@ -145,6 +147,8 @@ def main():
     args = parser.parse_args()
     if args.resnet_rounds:
         resnet_ratios(args.resnet_rounds)
+    if args.epochs == 0:  # the ResNet alone
+        return
     pipeline = data.load("shapes10", batch_size=BATCH, limit_to=args.images).train
     batches = list(pipeline)
     in_memory = tf.data.Dataset.from_tensor_slices(

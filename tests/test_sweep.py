@@ -323,7 +323,6 @@ def test_another_definition_is_refused(single_process, monkeypatch, capfd):
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 def test_a_chief_and_two_workers_run_every_trial_once(tmp_path, single_process):
     workdir, port = tmp_path / "sweep", str(free_port())
     processes = []

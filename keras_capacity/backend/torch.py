@@ -102,8 +102,8 @@ def linear_adjoint(linear_map, input_shape, y, dtype):
 
 
 def compile(function):  # noqa: A001
-    """``function`` itself: ``torch.compile`` takes minutes for a
-    projection's graph and the eager kernels are the same LAPACK and FFT."""
+    """``function`` itself: on PyTorch the projections run eagerly, on
+    PyTorch's own FFT and LAPACK kernels (``torch.compile`` is not used)."""
     return function
 
 

@@ -35,6 +35,7 @@ projected. (XLA drops such run-time checks; under ``jit_compile=True`` the
 NaN reaches the loss instead.)
 """
 
+import functools
 import math
 
 import keras
@@ -65,6 +66,16 @@ def _positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"LipDist: `{name}` must be an integer >= 1, got {value!r}.")
     return int(value)
+
+
+@functools.lru_cache(maxsize=128)
+def _eager_orthogonal(lip, dist, geometry, n_iter):
+    """`keras_capacity.orthogonal.project` with these settings, for a
+    projection outside the train step: compiled once per kernel shape where
+    the backend compiles eager work (`keras_capacity.backend.compile_eager`)."""
+    return backend.compile_eager(
+        lambda kernel, k0: orthogonal.project(kernel, k0, lip, dist, geometry, n_iter)
+    )
 
 
 @keras.saving.register_keras_serializable(package="keras_capacity")
@@ -366,8 +377,10 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
             kernel, state = orthogonal.project_screened(
                 kernel, k0, self.lip, self.dist, self.screen, state
             )
-        elif self.mode == "orthogonal":
+        elif self.mode == "orthogonal" and compiled:
             kernel = orthogonal.project(kernel, k0, self.lip, self.dist, self.geometry, n_iter)
+        elif self.mode == "orthogonal":
+            kernel = _eager_orthogonal(self.lip, self.dist, self.geometry, n_iter)(kernel, k0)
         else:
             axis = linear_layers.input_axis(self.geometry)
             kernel, state = radial.project(

@@ -13,16 +13,17 @@ in one small module per backend, with the same functions:
 * `assert_finite`, a run-time check that ends training with a message;
   `eager_value`, a variable's value while a compiled step is traced;
 * `linear_adjoint`, the adjoint of a linear map by reverse-mode
-  differentiation; `compile`, a compiled function;
+  differentiation; `compile`, a compiled function; `compile_eager`, a
+  function called outside the train step, compiled where that pays;
 * the trainer and distribution specifics: `inside_compiled_step`,
   `strategy_scope_of` (the distribution scope a variable lives in),
   `float64` (a context where float64 arrays stay float64),
   `PROJECTS_IN_MODEL_STEP` and `install_projection_step`
   (where a constraint can read its state during ``fit``).
 
-``keras_capacity.backend.tensorflow`` and ``keras_capacity.backend.jax``
-implement them; the module matching ``keras.backend.backend()`` is the one
-imported here.
+``keras_capacity.backend.tensorflow``, ``keras_capacity.backend.jax`` and
+``keras_capacity.backend.torch`` implement them; the module matching
+``keras.backend.backend()`` is the one imported here.
 """
 
 import importlib
@@ -53,6 +54,7 @@ assert_finite = _module.assert_finite
 eager_value = _module.eager_value
 linear_adjoint = _module.linear_adjoint
 compile = _module.compile
+compile_eager = _module.compile_eager
 float64 = _module.float64
 inside_compiled_step = _module.inside_compiled_step
 strategy_scope_of = _module.strategy_scope_of

@@ -102,6 +102,12 @@ def inside_compiled_step(x):
     return tf.inside_function()
 
 
+def compile_eager(function):
+    """``function`` itself: TensorFlow runs eager operations without compiling them, and tracing a
+    function for a one-off call costs more than it saves."""
+    return function
+
+
 def float64():
     """A context in which arrays may be float64 (always, on TensorFlow)."""
     return contextlib.nullcontext()

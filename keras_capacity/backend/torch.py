@@ -107,6 +107,11 @@ def compile(function):  # noqa: A001
     return function
 
 
+def compile_eager(function):
+    """``function`` itself: PyTorch runs it eagerly."""
+    return function
+
+
 def float64():
     """A context in which arrays may be float64 (always, on PyTorch)."""
     return contextlib.nullcontext()

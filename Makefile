@@ -1,6 +1,7 @@
 # `make test`: set up a virtual environment (if there is none), lint, build the docs,
 # and run the suite on TensorFlow, then its JAX and PyTorch parts (`make test-jax`,
-# `make test-torch`: tests/test_backends.py on that backend).
+# `make test-torch`: tests/test_backends.py and test_backend_commands.py on that
+# backend, one file per pytest-xdist worker).
 # `make docs`: the documentation site (mkdocs.yml) into site/, warnings as errors.
 # `make notebooks`: the guides (docs/guides/*.py) as notebooks in notebooks/, for Colab
 # (`make notebooks REPOSITORY=https://...`: where their first cell installs the package from).
@@ -52,10 +53,10 @@ test: lint docs
 	KC_TENSORFLOW_REFERENCES=$(CURDIR)/build/tensorflow_references $(MAKE) test-jax test-torch
 
 test-jax: $(STAMP)
-	KERAS_BACKEND=jax $(PYTHON) -m pytest -q -n 2 tests/test_backends.py
+	KERAS_BACKEND=jax $(PYTHON) -m pytest -q -n 2 --dist loadfile tests/test_backends.py tests/test_backend_commands.py
 
 test-torch: $(STAMP)
-	KERAS_BACKEND=torch $(PYTHON) -m pytest -q -n 2 tests/test_backends.py
+	KERAS_BACKEND=torch $(PYTHON) -m pytest -q -n 2 --dist loadfile tests/test_backends.py tests/test_backend_commands.py
 
 demo: $(STAMP)
 	$(PYTHON) train_main.py --flagfile=examples/demo.flags

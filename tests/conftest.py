@@ -1,10 +1,10 @@
 """Test set-up: quiet TensorFlow, two CPU devices (logical ones for
-MirroredStrategy on TensorFlow, simulated XLA devices on JAX), and the
-oracles the tests share.
+MirroredStrategy on TensorFlow, simulated XLA devices on JAX), XLA
+compiling fast, and the oracles the tests share.
 
 The suite runs on TensorFlow (``make test``); ``KERAS_BACKEND=jax`` or ``torch`` runs
 its JAX and PyTorch parts (``make test-jax``, ``make test-torch``:
-``tests/test_backends.py``).
+``tests/test_backends.py`` and ``tests/test_backend_commands.py``).
 """
 
 import gc
@@ -16,10 +16,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 BACKEND = os.environ["KERAS_BACKEND"]
 
+# The suite's programs are small and run a few steps, so XLA spends most of
+# their time compiling them: its CPU back end at optimization level 0
+# compiles faster and computes the same (XLA's CPU code uses no fast-math
+# at any level). The commands the tests start get the same setting.
+FAST_COMPILE = "--xla_backend_optimization_level=0"
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}"
 if BACKEND == "jax":
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
-    )
+    os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=2"
 else:
     # TensorFlow's start writes C++ log lines that no log level reaches
     # (pytest-xdist's workers would print them after the results).
@@ -125,8 +129,10 @@ def free_port():
 
 def command_environment(**extra):
     """The environment for running the package's commands in a test: no
-    GPU, no cluster or tuner settings or log level inherited."""
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    GPU, no cluster or tuner settings or log level inherited, one CPU
+    device (the command splits it where its flags ask), XLA compiling
+    fast (`FAST_COMPILE`)."""
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", XLA_FLAGS=FAST_COMPILE)
     for name in (
         "TF_CONFIG",
         "TF_CPP_MIN_LOG_LEVEL",

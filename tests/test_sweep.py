@@ -7,7 +7,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -324,6 +323,8 @@ def test_another_definition_is_refused(single_process, monkeypatch, capfd):
 
 @pytest.mark.slow
 def test_a_chief_and_two_workers_run_every_trial_once(tmp_path, single_process):
+    """Started together: the workers' requests wait for the chief's oracle
+    (KerasTuner's client calls wait for the server to be ready)."""
     workdir, port = tmp_path / "sweep", str(free_port())
     processes = []
     for tuner_id in ("chief", "tuner0", "tuner1"):
@@ -342,8 +343,6 @@ def test_a_chief_and_two_workers_run_every_trial_once(tmp_path, single_process):
                 text=True,
             )
         )
-        if tuner_id == "chief":
-            time.sleep(8)  # the oracle is up before the workers ask it
     outputs = [p.communicate(timeout=600)[0] for p in processes]
     assert [p.returncode for p in processes] == [0, 0, 0], "\n".join(o[-2000:] for o in outputs)
     # Every trial ran exactly once, in one session, on one of the workers.

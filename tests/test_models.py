@@ -164,12 +164,13 @@ def assert_constraints_hold(model):
 )
 def test_fit_keeps_constraints_and_saves(builder, kwargs, tmp_path):
     lip, dist = (1.5, 0.8, 1.4, 1.0), (3.0, 2.0, 90, 0)
-    model = builder(10, lip=lip, dist=dist, **kwargs)
+    # 16x16 images: every stage, with a quarter of the Fourier blocks of 32x32.
+    model = builder(10, lip=lip, dist=dist, input_shape=(16, 16, 3), **kwargs)
     kc.bind(model)
     model.compile(
         keras.optimizers.SGD(0.5), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     )
-    x = np.random.randn(16, 32, 32, 3).astype(np.float32)
+    x = np.random.randn(16, 16, 16, 3).astype(np.float32)
     y = np.random.randint(0, 10, 16)
     model.fit(x, y, batch_size=8, epochs=2, verbose=0)
     assert_constraints_hold(model)

@@ -2,8 +2,9 @@
 # # Guide: backends and accelerators
 #
 # The library runs on Keras 3's TensorFlow backend (the default and
-# primary one) and on JAX; the numbers are the same on both (same kernels
-# in, same projected kernels out, to float32 precision). This guide trains
+# primary one), on JAX and on PyTorch; the numbers are the same on all
+# three (same kernels in, same projected kernels out, to float32
+# precision). This guide trains
 # a small constrained model data-parallel with the backend it runs under:
 # TensorFlow's `MirroredStrategy`, or on JAX Keras's `DataParallel`
 # distribution, through the one function the training program uses for
@@ -15,7 +16,9 @@
 # KERAS_BACKEND=jax python docs/guides/backends.py
 # ```
 #
-# For the PyTorch backend, see [Install and backends](../../install/).
+# PyTorch trains on one device (the training program refuses other
+# strategies there); for its install, see [Install and
+# backends](../../install/).
 
 # %% [markdown]
 # On Colab, this cell installs the package (anywhere else it does nothing;

@@ -103,8 +103,8 @@ def inside_compiled_step(x):
 
 
 def compile_eager(function):
-    """``function`` itself: TensorFlow runs eager operations without compiling them, and tracing a
-    function for a one-off call costs more than it saves."""
+    """``function`` itself: TensorFlow runs eager operations without
+    compiling them first."""
     return function
 
 

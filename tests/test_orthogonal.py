@@ -134,6 +134,29 @@ def test_circular_lipschitz_only_matches_converged_dykstra():
     assert np.linalg.norm(operator_matrix(layer, (6, 6, 2)), 2) <= lip * (1 + LIP_TOL)
 
 
+def test_a_few_rounds_are_that_many_rounds_of_dykstra():
+    """``n_iter`` is the number of rounds: three rounds match float64
+    Dykstra's three (then its rescale by the exact norm, where still
+    above ``lip``), and not its two or four."""
+    lip = 0.7
+    layer = bound_layer(
+        kc.CircularConv2D(3, 3, kernel_constraint=kc.LipDist(lip, mode="orthogonal", n_iter=3)),
+        (6, 6, 2),
+    )
+    kernel = np.random.default_rng(3).standard_normal((3, 3, 2, 3))
+    ours = layer.kernel_constraint(kernel.astype(np.float32)).numpy().astype(np.float64)
+
+    def rounds_then_rescaled(rounds):
+        result = numpy_dykstra_circular(kernel, lip, rounds)
+        blocks = np.fft.fft2(embed(result, (6, 6)), axes=(0, 1))
+        return result * min(1.0, lip / np.linalg.svd(blocks, compute_uv=False).max())
+
+    scale = np.linalg.norm(ours)
+    np.testing.assert_allclose(ours, rounds_then_rescaled(3), atol=1e-4 * scale)
+    for other in (2, 4):
+        assert np.linalg.norm(ours - rounds_then_rescaled(other)) > 1e-3 * scale
+
+
 @pytest.mark.parametrize("strides", [1, 2])
 def test_circular_both_constraints_hold_on_the_dense_operator(strides):
     layer = bound_layer(

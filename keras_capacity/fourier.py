@@ -14,7 +14,9 @@ the smaller ones (`plan`):
   kernel's autocorrelation ``C_d = sum_{x_p - x_q = d} K_p^T K_q``, and
   summing over aliases keeps the offsets ``d`` on the stride lattice, so
   the folded Gram matrices are a direct DFT over the few tap pairs
-  (`LatticePairs`), at one frequency of every conjugate pair;
+  (`LatticePairs`), at one frequency of every conjugate pair; at stride 1,
+  where fewer multiply-adds, ``B(f)^H B(f)`` from each frequency's own
+  spectrum, a direct DFT over the taps;
 * **input side** (``out > in S``): the FFT of the kernel embedded in its
   input grid (`embed`) gives every ``A(f)``; each output frequency's
   ``S`` aliases form one ``(in S) x out`` block (`fold`).
@@ -38,6 +40,10 @@ from keras_capacity import backend, operators, projections
 # about 0.2 s on 2 CPU cores, against minutes for one epoch of such a layer.
 # Beyond it the norm is tracked (keras_capacity.lipschitz_estimators).
 EXACT_COST_LIMIT = 2**31
+# A complex matrix product against a real one of the same size: four real
+# products' multiply-adds, at about two thirds of their speed on the CPU
+# (`LatticePairs.uses_spectra`, measured with TensorFlow on 2 cores).
+COMPLEX_PRODUCT_COST = 6
 
 
 def tap_positions(geometry, kernel_shape):
@@ -111,6 +117,18 @@ class LatticePairs:
     half of them; a real kernel's matrices at ``-f`` are the conjugates).
     The few pairs make a direct DFT (real matrix products) cheaper than
     scattering onto the grid and transforming it.
+
+    Where the taps are few against the frequencies asked for they are
+    cheaper still, and at stride 1 the same matrices also come from each
+    frequency's own ``in x out`` spectrum ``B(g) = sum_p K_p e^{i phi_p(g)}``
+    (``phi_p(g) = 2 pi <g, x_p>`` on the grid): ``B^H B`` is the Gram
+    matrix, and a product ``B T`` is taken back to the taps by the inverse
+    DFT at the taps' offsets alone. The pairs cost ``P in out^2``
+    multiply-adds for every block at once, the spectra ``in out^2`` per
+    real block and six times that per complex one (`uses_spectra`,
+    `COMPLEX_PRODUCT_COST`): the deep layers of the paper's ResNet, whose
+    3x3 or 2x2 taps nearly fill their 4x4 or 2x2 grids, and a screened
+    projection that decomposes a few blocks take the spectra.
     """
 
     def __init__(self, geometry, kernel_shape):
@@ -149,20 +167,61 @@ class LatticePairs:
         # have real Gram matrices: they are decomposed in real arithmetic.
         self.theta_real, self.theta_complex = theta[own_conjugate], theta[~own_conjugate]
         self.weights_real, self.weights_complex = weights[own_conjugate], weights[~own_conjugate]
+        # At stride 1, phi[f, tap] = 2 pi <f, x_tap> (the spectra's route);
+        # None where the strides fold aliases together.
+        self.phi_real = self.phi_complex = None
+        if (s_h, s_w) == (1, 1):
+            phi = (
+                2
+                * np.pi
+                * (
+                    freq_rows[:, None] * tap_rows[None, :] / height
+                    + freq_cols[:, None] * tap_cols[None, :] / width
+                )
+            )
+            self.phi_real, self.phi_complex = phi[own_conjugate], phi[~own_conjugate]
 
     @property
     def counts(self):
         """``(real, complex)``: how many blocks of each kind `grams` gives."""
         return len(self.theta_real), len(self.theta_complex)
 
+    def uses_spectra(self, index=None):
+        """Whether `grams` and `multiply` of the blocks ``index`` (as
+        there) go through the frequencies' spectra rather than the tap
+        pairs: at stride 1, where that costs fewer multiply-adds."""
+        if self.phi_real is None:
+            return False
+        taps = self.kernel_shape[0] * self.kernel_shape[1]
+        channels_in, channels_out = self.kernel_shape[2:]
+        real, other = (
+            self.counts
+            if index is None
+            else (0 if rows is None else int(rows.shape[0]) for rows in index)
+        )
+        pairs = (
+            len(self.p) * channels_in * channels_out**2
+            + (real + 2 * other) * len(self.p) * channels_out**2
+        )
+        spectra = (real + COMPLEX_PRODUCT_COST * other) * channels_in * channels_out**2 + 2 * (
+            real + 2 * other
+        ) * taps * channels_in * channels_out
+        return spectra < pairs
+
     def grams(self, kernel, index=None):
         """``sum_f A(f) A(f)^H / S`` over the aliases of every output
-        frequency: the DFT, on the output grid, of the autocorrelation
-        ``sum K_p^T K_q`` at the lattice offsets, as ``(real, complex)``
-        batches ``(frequencies, out, out)``: the frequencies that are their
-        own conjugates give real matrices (``None`` where there are none).
-        ``index``: ``(real rows, complex rows)`` (integer tensors) to form
-        only those blocks, in that order."""
+        frequency, as ``(real, complex)`` batches ``(frequencies, out,
+        out)``: the frequencies that are their own conjugates give real
+        matrices (``None`` where there are none). ``index``: ``(real rows,
+        complex rows)`` (integer tensors) to form only those blocks, in
+        that order. By the cheaper route (`uses_spectra`)."""
+        if self.uses_spectra(index):
+            return self.grams_from_spectra(kernel, index)
+        return self.grams_from_pairs(kernel, index)
+
+    def grams_from_pairs(self, kernel, index=None):
+        """`grams` as the DFT, on the output grid, of the autocorrelation
+        ``sum K_p^T K_q`` at the lattice offsets."""
         taps = _taps(kernel, self.kernel_shape)
         channels_out = self.kernel_shape[3]
         products = ops.matmul(
@@ -200,9 +259,71 @@ class LatticePairs:
         squares = ops.matmul(ops.convert_to_tensor(phase, delta.dtype), inner)
         return ops.sqrt(ops.maximum(squares, 0.0))
 
+    def _spectra(self, kernel, phi, trig, rows):
+        """``sum_p K_p trig(phi_p(f))`` at the frequencies ``rows`` of
+        ``phi``: ``(frequencies, in, out)``, real."""
+        flat = ops.reshape(_taps(kernel, self.kernel_shape), (phi.shape[1], -1))
+        phase = ops.convert_to_tensor(trig(phi), kernel.dtype)
+        if rows is not None:
+            phase = ops.take(phase, rows, axis=0)
+        return ops.reshape(ops.matmul(phase, flat), (-1, *self.kernel_shape[2:]))
+
+    def _complex_spectra(self, kernel, rows):
+        return backend.complex(
+            self._spectra(kernel, self.phi_complex, np.cos, rows),
+            self._spectra(kernel, self.phi_complex, np.sin, rows),
+        )
+
+    def grams_from_spectra(self, kernel, index=None):
+        """`grams` at stride 1 as ``B(g)^H B(g)``, ``B(g) = sum_p K_p e^{i
+        phi_p(g)}`` the ``in x out`` spectrum of each frequency asked for."""
+        real_rows, complex_rows = (None, None) if index is None else index
+        real = other = None
+        if len(self.phi_real):
+            spectra = self._spectra(kernel, self.phi_real, np.cos, real_rows)
+            real = ops.matmul(ops.swapaxes(spectra, -1, -2), spectra)
+        if len(self.phi_complex):
+            spectra = self._complex_spectra(kernel, complex_rows)
+            other = backend.matmul(ops.conj(ops.swapaxes(spectra, -1, -2)), spectra)
+        return real, other
+
     def multiply(self, kernel, real, other, index=None):
         """The kernel whose every spectrum matrix ``M(f)`` (on its input
-        grid) is replaced by ``M(f) T(f)``, restricted to the kernel's taps.
+        grid) is replaced by ``M(f) T(f)``, restricted to the kernel's taps,
+        for ``T`` given at the frequencies of `grams` (``real, other``,
+        ``index`` as there); by the cheaper route (`uses_spectra`), as
+        `multiply_by_pairs` and `multiply_by_spectra` say."""
+        if self.uses_spectra(index):
+            return self.multiply_by_spectra(kernel, real, other, index)
+        return self.multiply_by_pairs(kernel, real, other, index)
+
+    def multiply_by_spectra(self, kernel, real, other, index=None):
+        """`multiply` at stride 1 through the spectra: tap ``p`` of the
+        result is ``sum_g w_g Re(e^{-i phi_p(g)} B(g) T(g))`` over the
+        frequencies given (``w_g`` counts a frequency and its conjugate,
+        over the grid's size)."""
+        real_rows, complex_rows = (None, None) if index is None else index
+        flat_shape = (-1, self.kernel_shape[2] * self.kernel_shape[3])
+
+        def back(weights, phi, trig, part, rows):
+            # (taps x frequencies) phases times each frequency's flat product.
+            phase = ops.convert_to_tensor((weights * trig(phi)).T, kernel.dtype)
+            if rows is not None:
+                phase = ops.take(phase, rows, axis=1)
+            return ops.matmul(phase, ops.reshape(part, flat_shape))
+
+        terms = []
+        if real is not None:
+            product = ops.matmul(self._spectra(kernel, self.phi_real, np.cos, real_rows), real)
+            terms.append(back(self.weights_real, self.phi_real, np.cos, product, real_rows))
+        if other is not None:
+            product = backend.matmul(self._complex_spectra(kernel, complex_rows), other)
+            for part, trig in ((ops.real(product), np.cos), (ops.imag(product), np.sin)):
+                terms.append(back(self.weights_complex, self.phi_complex, trig, part, complex_rows))
+        return ops.reshape(sum(terms), self.kernel_shape)
+
+    def multiply_by_pairs(self, kernel, real, other, index=None):
+        """`multiply` through the lattice pairs.
 
         ``T`` (``out x out``, periodic on the output grid) is given as
         ``real, other`` at the frequencies of `grams` (and is

@@ -132,6 +132,101 @@ def test_block_frobenius_norms_are_those_of_the_fft_blocks(
     np.testing.assert_allclose(ours, theirs[block_order(size, strides)], rtol=1e-10)
 
 
+# Stride 1 (where both routes of LatticePairs apply): size, kernel, channels
+# in, out, dilation.
+ROUTE_CASES = [
+    ((8, 8), 3, 4, 3, (1, 1)),
+    ((7, 9), 3, 3, 4, (1, 1)),  # odd width: no real column but the first
+    ((2, 2), 2, 5, 4, (1, 1)),  # the taps fill the grid: real blocks only
+    ((6, 8), 4, 2, 5, (1, 2)),  # even, dilated
+]
+
+
+def numpy_multiply(kernel, size, dilation, transform):
+    """Numpy: every frequency's ``in x out`` spectrum ``M(f)`` of the
+    kernel on its grid times ``transform[f]`` (``out x out``), back to the
+    grid, restricted to the taps."""
+    spectrum = np.fft.fft2(dilated_embed(kernel, size, dilation), axes=(0, 1))
+    product = np.einsum("hwio,hwop->hwip", spectrum, transform)
+    grid = np.fft.ifft2(product, axes=(0, 1))
+    assert np.abs(grid.imag).max() < 1e-9
+    return dilated_restrict(grid.real, kernel.shape, dilation)
+
+
+@pytest.mark.parametrize("route", ["pairs", "spectra"])
+@pytest.mark.parametrize("size,k,channels_in,channels_out,dilation", ROUTE_CASES)
+def test_both_routes_give_the_fft_grams_and_products(
+    size, k, channels_in, channels_out, dilation, route
+):
+    """``LatticePairs``'s Gram matrices and products by either route, all
+    blocks and a few in a given order, against numpy's FFT of the kernel on
+    its grid: ``X(g)^H X(g)`` per frequency, and ``M(f) T(f)`` for a random
+    Hermitian-symmetric ``T`` (zero off the rows given)."""
+    geometry = operators.OperatorGeometry("conv2d", size, (1, 1), dilation, padding="circular")
+    rng = np.random.default_rng(2)
+    kernel = rng.standard_normal((k, k, channels_in, channels_out))
+    pairs = fourier.LatticePairs(geometry, kernel.shape)
+    grams = pairs.grams_from_pairs if route == "pairs" else pairs.grams_from_spectra
+    multiply = pairs.multiply_by_pairs if route == "pairs" else pairs.multiply_by_spectra
+    blocks = numpy_blocks(kernel, size, (1, 1), dilation).reshape(-1, channels_in, channels_out)
+    theirs = np.einsum("fio,fip->fop", blocks.conj(), blocks)
+    order = block_order(size, (1, 1))
+    real_count, complex_count = pairs.counts
+    # T: a random matrix at every frequency, made Hermitian-symmetric on the
+    # grid (T(-f) the conjugate of T(f)), so that the product stays real.
+    flat_rows, flat_cols = np.divmod(np.arange(size[0] * size[1]), size[1])
+    conjugate = (-flat_rows % size[0]) * size[1] + (-flat_cols % size[1])
+    transform = rng.standard_normal((len(conjugate), channels_out, channels_out)) + 1j * (
+        rng.standard_normal((len(conjugate), channels_out, channels_out))
+    )
+    transform = (transform + transform[conjugate].conj()) / 2
+    for rows in (None, (np.arange(real_count)[::-1][:2], np.arange(complex_count)[::-1][:3])):
+        index = None if rows is None else tuple(tf.constant(r, "int32") for r in rows)
+        real, other = grams(tf.constant(kernel), index)
+        picked = (
+            order if rows is None else np.concatenate([order[rows[0]], order[rows[1] + real_count]])
+        )
+        ours = np.concatenate([real.numpy(), other.numpy()]) if other is not None else real.numpy()
+        # The block at g is numpy's at -g: its spectrum is e^{+i phi}.
+        np.testing.assert_allclose(ours, theirs[conjugate[picked]], atol=1e-10)
+        # T zero away from the rows (and their conjugates), as `multiply` reads it.
+        kept = np.zeros(len(conjugate), bool)
+        kept[picked] = kept[conjugate[picked]] = True
+        given = transform[conjugate[picked]]
+        t_real = given[: len(picked) - (0 if other is None else len(other.numpy()))].real
+        t_other = given[len(t_real) :] if other is not None else None
+        ours = multiply(
+            tf.constant(kernel),
+            tf.constant(t_real) if len(t_real) else None,
+            None if t_other is None else tf.constant(t_other),
+            index=index,
+        ).numpy()
+        expected = numpy_multiply(
+            kernel,
+            size,
+            dilation,
+            np.where(kept[:, None, None], transform, 0).reshape(*size, channels_out, channels_out),
+        )
+        np.testing.assert_allclose(ours, expected, atol=1e-10)
+
+
+def test_the_cheaper_route_is_taken():
+    """The spectra where the taps nearly fill the grid (the ResNet's deep
+    layers) or few blocks are asked for; the pairs for all blocks of a large
+    grid, and at any stride but 1 (the spectra's route needs stride 1)."""
+
+    def pairs_for(size, k, channels, strides=(1, 1)):
+        geometry = operators.OperatorGeometry("conv2d", size, strides, padding="circular")
+        return fourier.LatticePairs(geometry, (k, k, channels, channels))
+
+    assert pairs_for((4, 4), 3, 128).uses_spectra()
+    assert pairs_for((2, 2), 2, 256).uses_spectra()
+    assert not pairs_for((32, 32), 3, 64).uses_spectra()
+    few = (tf.constant([0], "int32"), tf.constant([3, 7], "int32"))
+    assert pairs_for((32, 32), 3, 64).uses_spectra(few)
+    assert not pairs_for((8, 8), 3, 64, (2, 2)).uses_spectra(few)
+
+
 @pytest.mark.parametrize("size,k,channels_in,channels_out,strides", CASES)
 def test_consecutive_projections_match_numpy_and_the_bounds_hold(
     size, k, channels_in, channels_out, strides

@@ -60,7 +60,7 @@ import math
 import numpy as np
 from keras import ops
 
-from keras_capacity import backend, fourier
+from keras_capacity import backend, certificates, fourier
 
 # The blocks of each kind the smaller branches decompose, as fractions.
 CAPACITIES = (1 / 32, 1 / 4)
@@ -128,6 +128,8 @@ class BlockScreen:
         self.capacities = sorted(set(tiers) - {self.counts}) + [self.counts]
         # The taps fill the grid: the clipped kernel is clipped exactly.
         self.covers_grid = fourier.CircularEmbedding(geometry, self.kernel_shape).covers_grid
+        # Large blocks are certified before they are decomposed.
+        self.certifies = self.kernel_shape[3] >= certificates.MIN_SIZE
 
     def state_shapes(self):
         """``{name: shape}`` of the state ``LipDist`` keeps."""
@@ -183,6 +185,19 @@ class BlockScreen:
         indices = ops.expand_dims(ops.concatenate(flat_rows, axis=0), -1)
         return ops.scatter_update(bounds, indices, ops.concatenate(flat_values, axis=0))
 
+    def _unless_certified(self, grams, bounds, rows, lip, certified, decompose):
+        """``certified(bounds)`` with ``lip`` as the bound at ``rows`` where
+        every block ``grams`` is certified inside the ball
+        (`keras_capacity.certificates`, large blocks only); else
+        ``decompose()``."""
+        if not self.certifies:
+            return decompose()
+        inside = ops.all(
+            ops.stack([ops.all(certificates.inside_ball(g, lip)) for g in grams if g is not None])
+        )
+        at_lip = [None if r is None else ops.ones((r.shape[0],), bounds.dtype) * lip for r in rows]
+        return ops.cond(inside, lambda: certified(self._refreshed(bounds, rows, at_lip)), decompose)
+
     def _screened(self, bounds, lip, decompose, skip):
         """``skip()`` where no bound exceeds ``lip``; else
         ``decompose(capacities)`` with the first capacities that hold each
@@ -212,11 +227,17 @@ class BlockScreen:
         def decompose(capacities):
             rows = self._rows(bounds, capacities)
             grams = self.pairs.grams(kernel, rows)
-            parts = [None if g is None else _excess_shrinkage(g, lip) for g in grams]
-            excess = [None if p is None else p[0] for p in parts]
-            change = self.pairs.multiply(kernel, *excess, index=rows)
-            top = [None if p is None else p[1] for p in parts]
-            return kernel + change, self._refreshed(bounds, rows, top)
+
+            def clipped():
+                parts = [None if g is None else _excess_shrinkage(g, lip) for g in grams]
+                excess = [None if p is None else p[0] for p in parts]
+                change = self.pairs.multiply(kernel, *excess, index=rows)
+                top = [None if p is None else p[1] for p in parts]
+                return kernel + change, self._refreshed(bounds, rows, top)
+
+            return self._unless_certified(
+                grams, bounds, rows, lip, lambda certified: (kernel, certified), clipped
+            )
 
         return self._screened(bounds, lip, decompose, lambda: (kernel, bounds))
 
@@ -229,14 +250,26 @@ class BlockScreen:
         def decompose(capacities):
             rows = self._rows(bounds, capacities)
             grams = self.pairs.grams(kernel, rows)
-            top = [
-                None
-                if g is None
-                else ops.sqrt(ops.maximum(ops.max(backend.eigvalsh(g), axis=-1), 0.0))
-                for g in grams
-            ]
-            exact = self._refreshed(bounds, rows, top, margin=1.0)
-            return ops.max(exact), self._refreshed(bounds, rows, top)
+
+            def exact_norm():
+                top = [
+                    None
+                    if g is None
+                    else ops.sqrt(ops.maximum(ops.max(backend.eigvalsh(g), axis=-1), 0.0))
+                    for g in grams
+                ]
+                exact = self._refreshed(bounds, rows, top, margin=1.0)
+                return ops.max(exact), self._refreshed(bounds, rows, top)
+
+            # Certified: the norm is at most lip, where nothing is rescaled.
+            return self._unless_certified(
+                grams,
+                bounds,
+                rows,
+                lip,
+                lambda certified: (lip, certified),
+                exact_norm,
+            )
 
         return self._screened(bounds, lip, decompose, lambda: (ops.max(bounds), bounds))
 

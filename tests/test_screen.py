@@ -13,6 +13,7 @@ import tensorflow as tf
 
 import keras_capacity as kc
 from keras_capacity import (
+    certificates,
     constraints,
     fourier,
     lipschitz_estimators,
@@ -284,6 +285,50 @@ def check_consecutive_projections(size, k, channels_in, channels_out, strides, d
     # by the inflation: a 3x3 grid's five blocks are then mostly above.
     if len(screen_.capacities) > 1 and not screen_.covers_grid:
         assert any(0.0 < share <= 0.5 for share in decomposed)
+
+
+@pytest.mark.parametrize("size,k", [((1, 1), 1), ((2, 2), 2), ((3, 3), 3)])
+@pytest.mark.parametrize("mode", ["orthogonal", "radial"])
+def test_large_blocks_certified_inside_are_not_decomposed(size, k, mode):
+    """The paper's ResNet's deepest layers (256 and 512 channels on 2x2 and
+    1x1 grids): after a projection, a kernel shrunk by 1e-3 is certified
+    inside the ball (`keras_capacity.certificates`): it is returned as it
+    is, and its blocks' bounds are ``lip``, not their exact norms (which a
+    decomposition would have kept); one grown to 1e-3 above ``lip`` is not,
+    and is clipped (orthogonal) or rescaled (radial) exactly. Every result
+    against numpy, every bound against the blocks' SVD."""
+    channels = certificates.MIN_SIZE
+    geometry = operators.OperatorGeometry("conv2d", size, (1, 1), padding="circular")
+    shape = (k, k, channels, channels)
+    screen_ = screen.choose(geometry, shape)
+    assert screen_.certifies
+    rng = np.random.default_rng(4)
+    k0 = 0.05 * rng.standard_normal(shape)
+    lip = 0.8 * numpy_norm(k0, size, (1, 1))
+    dist = np.inf
+    state = screen_.start(k0)
+    estimator = lipschitz_estimators.ExactFourier(geometry, shape, lip)
+    at_lip = lip * (1 + screen.INFLATION)
+    kernel = k0
+    for step, factor in enumerate([1.0, 1 - 1e-3, (1 + 1e-3) / (1 - 1e-3), 1 - 1e-3]):
+        kernel = kernel * factor
+        if mode == "orthogonal":
+            ours, state = orthogonal.project_screened(
+                tf.constant(kernel), tf.constant(k0), lip, dist, screen_, state
+            )
+            theirs = numpy_projection(kernel, k0, lip, dist, size, (1, 1))
+        else:
+            norm, state = estimator.in_graph(tf.constant(kernel), state, step)
+            ours = state[0]
+            theirs = kernel * min(1.0, lip / numpy_norm(kernel, size, (1, 1)))
+        ours, bounds = ours.numpy(), state[1].numpy()
+        np.testing.assert_allclose(ours, theirs, atol=1e-9, err_msg=step)
+        assert np.all(bounds >= block_norms(ours, size, (1, 1)) - 1e-12)
+        if factor < 1:  # certified: bounds at lip, not the exact norms below it
+            np.testing.assert_array_equal(ours, kernel)
+            assert np.all(bounds == at_lip)
+            assert np.all(block_norms(ours, size, (1, 1)) < lip * (1 - 5e-4))
+        kernel = ours
 
 
 class BoundsChecker(keras.callbacks.Callback):

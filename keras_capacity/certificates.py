@@ -15,7 +15,7 @@ compiled step (TensorFlow's CPU Cholesky raises on a matrix that is not
 positive definite instead of returning a flag, so it cannot decide a
 batch in the train step).
 
-For a 512 x 512 block this costs about a third of its full ``eigh``
+For a 512 x 512 block this costs about a quarter of its full ``eigh``
 (``benchmarks/RESULTS.md``); a block it does not certify is decomposed as
 before, so it pays where most large blocks lie inside the ball at a
 projection, as the paper's ResNet's deepest layers do: their largest
@@ -33,9 +33,13 @@ from keras import ops
 
 from keras_capacity import backend
 
-# Blocks at least this size are certified before they are decomposed;
-# below it the eigendecomposition costs about as much as the certificate.
+# Blocks at least this size are certified before their eigendecomposition
+# (eigh), and before their eigenvalues alone (eigvalsh) from the larger size:
+# below them the decomposition costs about as much as the certificate
+# (TensorFlow, 2 cores: 4 x 256 x 256 certificate 4.9 ms, eigh 12.0, eigvalsh
+# 5.6; 512 x 512 5.9, 32.0, 12.3).
 MIN_SIZE = 256
+MIN_SIZE_EIGENVALUES = 512
 # The pivot blocks' size.
 LEAF = 64
 # Relative margin of the test below c^2, above float32 rounding.

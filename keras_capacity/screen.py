@@ -30,6 +30,15 @@ eigenvalues it comes from (about ``1e-7`` in the tests), so bounds stay
 upper bounds over any number of projections; a block whose bound creeps
 up to ``lip`` is decomposed and its bound made exact again.
 
+Blocks of `keras_capacity.certificates.MIN_SIZE` channels or more (for the
+exact norm alone, `keras_capacity.certificates.MIN_SIZE_EIGENVALUES`) that
+the bounds do not certify are tested first (`keras_capacity.certificates`): if
+every one of them is certified inside the ball, none is decomposed and
+their bounds become ``lip`` (inflated); otherwise they are decomposed as
+above. The paper's ResNet's deepest blocks are mostly in that case: back
+below the bound by their next projection, but moved by more than the gap
+below their largest singular value, which Weyl's inequality cannot see.
+
 A stride-1 convolution whose Gram matrices are on the input side (``out >
 in``: the paper's first convolution, 3->64, and each stage's first, 64->128
 and on) is screened through its adjoint (`AdjointScreen`). For the Keras
@@ -129,7 +138,8 @@ class BlockScreen:
         # The taps fill the grid: the clipped kernel is clipped exactly.
         self.covers_grid = fourier.CircularEmbedding(geometry, self.kernel_shape).covers_grid
         # Large blocks are certified before they are decomposed.
-        self.certifies = self.kernel_shape[3] >= certificates.MIN_SIZE
+        self.certifies_clipping = self.kernel_shape[3] >= certificates.MIN_SIZE
+        self.certifies_norm = self.kernel_shape[3] >= certificates.MIN_SIZE_EIGENVALUES
 
     def state_shapes(self):
         """``{name: shape}`` of the state ``LipDist`` keeps."""
@@ -185,12 +195,12 @@ class BlockScreen:
         indices = ops.expand_dims(ops.concatenate(flat_rows, axis=0), -1)
         return ops.scatter_update(bounds, indices, ops.concatenate(flat_values, axis=0))
 
-    def _unless_certified(self, grams, bounds, rows, lip, certified, decompose):
+    def _unless_certified(self, grams, bounds, rows, lip, certified, decompose, certifies):
         """``certified(bounds)`` with ``lip`` as the bound at ``rows`` where
         every block ``grams`` is certified inside the ball
-        (`keras_capacity.certificates`, large blocks only); else
-        ``decompose()``."""
-        if not self.certifies:
+        (`keras_capacity.certificates`, where ``certifies``: large blocks);
+        else ``decompose()``."""
+        if not certifies:
             return decompose()
         inside = ops.all(
             ops.stack([ops.all(certificates.inside_ball(g, lip)) for g in grams if g is not None])
@@ -236,7 +246,13 @@ class BlockScreen:
                 return kernel + change, self._refreshed(bounds, rows, top)
 
             return self._unless_certified(
-                grams, bounds, rows, lip, lambda certified: (kernel, certified), clipped
+                grams,
+                bounds,
+                rows,
+                lip,
+                lambda certified: (kernel, certified),
+                clipped,
+                self.certifies_clipping,
             )
 
         return self._screened(bounds, lip, decompose, lambda: (kernel, bounds))
@@ -269,6 +285,7 @@ class BlockScreen:
                 lip,
                 lambda certified: (lip, certified),
                 exact_norm,
+                self.certifies_norm,
             )
 
         return self._screened(bounds, lip, decompose, lambda: (ops.max(bounds), bounds))

@@ -287,21 +287,30 @@ def check_consecutive_projections(size, k, channels_in, channels_out, strides, d
         assert any(0.0 < share <= 0.5 for share in decomposed)
 
 
-@pytest.mark.parametrize("size,k", [((1, 1), 1), ((2, 2), 2), ((3, 3), 3)])
-@pytest.mark.parametrize("mode", ["orthogonal", "radial"])
-def test_large_blocks_certified_inside_are_not_decomposed(size, k, mode):
+@pytest.mark.parametrize(
+    "mode,size,k",
+    [
+        ("orthogonal", (1, 1), 1),
+        ("orthogonal", (2, 2), 2),
+        ("orthogonal", (3, 3), 3),  # complex blocks too
+        ("radial", (1, 1), 1),
+        ("radial", (2, 2), 2),
+    ],
+)
+def test_large_blocks_certified_inside_are_not_decomposed(mode, size, k):
     """The paper's ResNet's deepest layers (256 and 512 channels on 2x2 and
-    1x1 grids): after a projection, a kernel shrunk by 1e-3 is certified
-    inside the ball (`keras_capacity.certificates`): it is returned as it
-    is, and its blocks' bounds are ``lip``, not their exact norms (which a
+    1x1 grids; the radial exact norm certifies from 512 channels): after a
+    projection, a kernel shrunk by 1e-3 is certified inside the ball
+    (`keras_capacity.certificates`): it is returned as it is, and its
+    blocks' bounds are ``lip``, not their exact norms (which a
     decomposition would have kept); one grown to 1e-3 above ``lip`` is not,
     and is clipped (orthogonal) or rescaled (radial) exactly. Every result
     against numpy, every bound against the blocks' SVD."""
-    channels = certificates.MIN_SIZE
+    channels = certificates.MIN_SIZE if mode == "orthogonal" else certificates.MIN_SIZE_EIGENVALUES
     geometry = operators.OperatorGeometry("conv2d", size, (1, 1), padding="circular")
     shape = (k, k, channels, channels)
     screen_ = screen.choose(geometry, shape)
-    assert screen_.certifies
+    assert screen_.certifies_clipping if mode == "orthogonal" else screen_.certifies_norm
     rng = np.random.default_rng(4)
     k0 = 0.05 * rng.standard_normal(shape)
     lip = 0.8 * numpy_norm(k0, size, (1, 1))

@@ -9,11 +9,11 @@ definite exactly when ``M11`` and its Schur complement ``M22 - M21 M11^-1
 M12`` are. Each ``LEAF x LEAF`` pivot block is decided by its own (small)
 eigendecomposition, ``M11 = V diag(l) V^H``, and eliminated through ``W =
 M21 V diag(l)^(-1/2)``: the complement is ``M22 - W W^H``. That is a
-Cholesky factorization with square-root-free pivots, made of matrix
-products and ``LEAF``-sized ``eigh``, which every backend computes inside a
-compiled step (TensorFlow's CPU Cholesky raises on a matrix that is not
-positive definite instead of returning a flag, so it cannot decide a
-batch in the train step).
+block Cholesky factorization whose pivot blocks are factored through their
+eigendecompositions: matrix products and ``LEAF``-sized ``eigh``, which
+every backend computes inside a compiled step (TensorFlow's CPU Cholesky
+raises on a matrix that is not positive definite instead of returning a
+flag, so it cannot decide a batch in the train step).
 
 For a 512 x 512 block this costs about a quarter of its full ``eigh``
 (``benchmarks/RESULTS.md``); a block it does not certify is decomposed as
@@ -21,8 +21,8 @@ before, so it pays where most large blocks lie inside the ball at a
 projection, as the paper's ResNet's deepest layers do: their largest
 singular value sits at the bound after a projection, the next one about
 1.5% below, and training moves them by more than that gap, so Weyl's
-inequality (`keras_capacity.screen`) cannot certify them, but they are
-rarely back above the bound.
+inequality (`keras_capacity.screen`) cannot certify them, but most are
+back below the bound by the next projection.
 
 ``SHIFT`` keeps the decision on the safe side of float32 rounding (about
 ``1e-6`` relative in these products): a certified matrix has ``lambda_max(G)

@@ -72,7 +72,7 @@ from keras import ops
 from keras_capacity import backend, certificates, fourier
 
 # The blocks of each kind the smaller branches decompose, as fractions.
-CAPACITIES = (1 / 32, 1 / 4)
+CAPACITIES = (1 / 32, 1 / 4, 1 / 2)
 # Relative inflation of every carried bound (float32 rounding is ~1e-6).
 INFLATION = 1e-5
 UNKNOWN = math.inf

@@ -31,7 +31,7 @@ back below the bound by the next projection.
 
 from keras import ops
 
-from keras_capacity import backend
+from keras_capacity import backend, projections
 
 # Blocks at least this size are certified before their eigendecomposition
 # (eigh), and before their eigenvalues alone (eigvalsh) from the larger size:
@@ -67,5 +67,5 @@ def inside_ball(gram, radius):
         whitening = vectors * ops.expand_dims(ops.cast(inverse_root, vectors.dtype), -2)
         eliminated = backend.matmul(matrix[..., size:, :size], whitening)
         matrix = matrix[..., size:, size:] - backend.matmul(
-            eliminated, ops.conj(ops.swapaxes(eliminated, -1, -2))
+            eliminated, projections.adjoint(eliminated)
         )

@@ -284,7 +284,7 @@ class LatticePairs:
             real = ops.matmul(ops.swapaxes(spectra, -1, -2), spectra)
         if len(self.phi_complex):
             spectra = self._complex_spectra(kernel, complex_rows)
-            other = backend.matmul(ops.conj(ops.swapaxes(spectra, -1, -2)), spectra)
+            other = backend.matmul(projections.adjoint(spectra), spectra)
         return real, other
 
     def multiply(self, kernel, real, other, index=None):
@@ -415,7 +415,7 @@ def _input_grams(kernel, geometry):
     grid = ops.transpose(embed(kernel, geometry), (2, 3, 0, 1))  # (in, out, H, W)
     if geometry.strides != (1, 1):
         blocks = fold(backend.fft2(grid), geometry.strides)
-        return None, backend.matmul(blocks, ops.conj(ops.transpose(blocks, (0, 2, 1))))
+        return None, backend.matmul(blocks, projections.adjoint(blocks))
     spectrum = ops.transpose(backend.rfft2(grid), (2, 3, 0, 1))  # (H, W//2+1, in, out)
     height, width = geometry.input_size
     real, other = projections.split_real_rows(

@@ -85,7 +85,8 @@ def scale_to_lipschitz(kernel, sigma, lip):
     return kernel * ops.minimum(1.0, lip / ops.maximum(sigma, 1e-30))
 
 
-def _adjoint(matrices):
+def adjoint(matrices):
+    """The conjugate transposes ``M^H`` of a batch of matrices."""
     return ops.conj(ops.swapaxes(matrices, -1, -2))
 
 
@@ -93,8 +94,8 @@ def gram_side(matrices):
     """``(Gram matrix on the smaller side, whether it is M M^H)``."""
     rows, cols = matrices.shape[-2], matrices.shape[-1]
     if rows < cols:
-        return backend.matmul(matrices, _adjoint(matrices)), True
-    return backend.matmul(_adjoint(matrices), matrices), False
+        return backend.matmul(matrices, adjoint(matrices)), True
+    return backend.matmul(adjoint(matrices), matrices), False
 
 
 def singular_value_shrinkage(gram, lip):
@@ -104,7 +105,7 @@ def singular_value_shrinkage(gram, lip):
     singular = ops.sqrt(ops.maximum(eigenvalues, 0.0))
     factor = ops.minimum(1.0, as_dtype(lip, singular.dtype) / ops.maximum(singular, 1e-30))
     return backend.matmul(
-        vectors * ops.expand_dims(ops.cast(factor, vectors.dtype), -2), _adjoint(vectors)
+        vectors * ops.expand_dims(ops.cast(factor, vectors.dtype), -2), adjoint(vectors)
     )
 
 

@@ -69,7 +69,7 @@ import math
 import numpy as np
 from keras import ops
 
-from keras_capacity import backend, certificates, fourier
+from keras_capacity import backend, certificates, fourier, projections
 
 # The blocks of each kind the smaller branches decompose, as fractions.
 CAPACITIES = (1 / 32, 1 / 4, 1 / 2)
@@ -116,7 +116,7 @@ def _excess_shrinkage(gram, lip):
     singular = ops.sqrt(ops.maximum(values, 0.0))
     factor = ops.minimum(1.0, lip / ops.maximum(singular, 1e-30)) - 1.0
     scaled = vectors * ops.expand_dims(ops.cast(factor, vectors.dtype), -2)
-    excess = backend.matmul(scaled, ops.conj(ops.swapaxes(vectors, -1, -2)))
+    excess = backend.matmul(scaled, projections.adjoint(vectors))
     return excess, singular[..., -1]
 
 

@@ -57,9 +57,8 @@ def variant(block_screen, name):
     return changed
 
 
-def layer_projections(constraint):
-    """``{variant: compiled projection}`` from the constraint's state."""
-    state = tuple(tf.constant(v.numpy()) for v in constraint.projection_state)
+def layer_projections(constraint, state):
+    """``{variant: compiled projection}`` from the constraint's ``state``."""
     k0 = constraint.initial_kernel
 
     def compiled(block_screen):
@@ -93,7 +92,8 @@ def main():
         if constraint.screen is None:
             continue
         kernel = tf.constant(layer.kernel.numpy())
-        projections = layer_projections(constraint)
+        state = tuple(tf.constant(v.numpy()) for v in constraint.projection_state)
+        projections = layer_projections(constraint, state)
         for function in projections.values():  # tracing
             timed(function, kernel)
         times = {name: [] for name in VARIANTS}
@@ -101,7 +101,6 @@ def main():
             order = VARIANTS if turn % 2 == 0 else VARIANTS[::-1]
             for name in order:
                 times[name].append(timed(projections[name], kernel))
-        state = tuple(tf.constant(v.numpy()) for v in constraint.projection_state)
         share = decomposed_share(
             constraint.screen,
             state,

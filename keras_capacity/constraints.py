@@ -408,9 +408,10 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
 
         state = tuple(ops.convert_to_numpy(v) for v in self.projection_state)
         exact = self.estimator.exact if self.estimator else None
-        kernel, partners, state = self._projected(
-            kernel, self._partners(), state, n_iter, exact, compiled=False
-        )
+        with backend.full_precision():
+            kernel, partners, state = self._projected(
+                kernel, self._partners(), state, n_iter, exact, compiled=False
+            )
         self._store(state)
         self._store_partners(partners)
         return kernel
@@ -426,9 +427,10 @@ class LipDist(keras.constraints.Constraint, keras.layers.Layer):
 
         def projected():
             estimate = lambda value, state: self.estimator.in_graph(value, state, step)  # noqa: E731
-            return self._projected(
-                self._checked(w), partners, state, self.n_iter, estimate, compiled=True
-            )
+            with backend.full_precision():
+                return self._projected(
+                    self._checked(w), partners, state, self.n_iter, estimate, compiled=True
+                )
 
         if self.every == 1:
             kernel, partners, state = projected()

@@ -174,6 +174,102 @@ def test_repeated_compiled_projections_of_a_wide_conv_finish(tmp_path):
     assert 0.99 < largest <= 1.0 + LIPSCHITZ_TOLERANCE
 
 
+def traced_products(jaxpr):
+    """The precision of every matrix product and convolution in ``jaxpr``,
+    nested ones (conditionals, loops, compiled calls) included."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name in ("dot_general", "conv_general_dilated"):
+            yield str(eqn.params["precision"])
+        for value in eqn.params.values():
+            for inner in value if isinstance(value, list | tuple) else [value]:
+                inner = getattr(inner, "jaxpr", inner)
+                if hasattr(inner, "eqns"):
+                    yield from traced_products(inner)
+
+
+@jax_only
+@pytest.mark.parametrize("mode", ["orthogonal", "radial"])
+def test_the_projection_multiplies_at_float32_precision_and_the_model_at_the_default(mode):
+    """Accelerators round default-precision float32 products through
+    TensorFloat-32 (2.9e-4 relative on an H200, above the screens' 1e-5
+    inflation); the CPU does not, so the traced step is read instead: the
+    projection adds products at full precision only, and the model's own
+    keep the default."""
+    import jax
+
+    from keras_capacity import backend
+
+    def step_products(constraint):
+        keras.utils.set_random_seed(0)
+        conv = kc.CircularConv2D(4, 3, use_bias=False, kernel_constraint=constraint)
+        model = keras.Sequential(
+            [keras.Input((6, 6, 2)), conv, keras.layers.Flatten(), keras.layers.Dense(3)]
+        )
+        kc.bind(model)
+        model.compile(keras.optimizers.SGD(0.1), "mse")
+        x, y = np.ones((2, 6, 6, 2), np.float32), np.ones((2, 3), np.float32)
+        one_step(model, x, y)
+        variables = (
+            model.trainable_variables,
+            model.non_trainable_variables,
+            model.optimizer.variables,
+            model.metrics_variables,
+        )
+        state = tuple([v.value for v in group] for group in variables)
+        return list(traced_products(jax.make_jaxpr(model.train_step)(state, (x, y)).jaxpr))
+
+    def matmul(a):
+        return keras.ops.matmul(a, a)
+
+    with jax.default_matmul_precision("float32"):  # how JAX writes that precision
+        (full,) = traced_products(jax.make_jaxpr(matmul)(np.eye(3, dtype=np.float32)).jaxpr)
+    unconstrained = step_products(None)
+    constrained = step_products(kc.LipDist(0.5, 3.0, mode=mode))
+    assert set(unconstrained) == {"None"}
+    assert constrained.count("None") == len(unconstrained)
+    assert constrained.count(full) == len(constrained) - len(unconstrained) > 0
+    eager = backend.compile_eager(matmul)
+    assert list(traced_products(jax.make_jaxpr(eager)(np.eye(3, dtype=np.float32)).jaxpr)) == [full]
+
+
+@torch_only
+def test_torch_projections_turn_tensorfloat32_off_and_restore_it(monkeypatch):
+    """The flags a PyTorch user may set for speed are off while the
+    projection decomposes (in the train step and called eagerly), and the
+    user's values are back after it."""
+    import torch
+
+    from keras_capacity import backend
+
+    seen = []
+    eigh = backend.eigh
+
+    def recording_eigh(matrices):
+        seen.append((matmul.allow_tf32, cudnn.allow_tf32))
+        return eigh(matrices)
+
+    monkeypatch.setattr(backend, "eigh", recording_eigh)
+    conv = kc.CircularConv2D(
+        4, 3, use_bias=False, kernel_constraint=kc.LipDist(0.1, mode="orthogonal")
+    )
+    model = keras.Sequential([keras.Input((6, 6, 2)), conv])
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = matmul.allow_tf32, cudnn.allow_tf32
+    matmul.allow_tf32 = cudnn.allow_tf32 = True
+    try:
+        kc.bind(model)
+        model.compile(keras.optimizers.SGD(0.1), "mse")
+        one_step(model, np.ones((2, 6, 6, 2), np.float32), np.ones((2, 6, 6, 4), np.float32))
+        in_step = len(seen)
+        kc.project(model)
+        after = matmul.allow_tf32, cudnn.allow_tf32
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = saved
+    assert 0 < in_step < len(seen)
+    assert set(seen) == {(False, False)}
+    assert after == (True, True)
+
+
 def test_fit_without_bind_is_one_clear_error():
     conv = keras.layers.Conv2D(4, 3, padding="same", kernel_constraint=kc.LipDist(0.5))
     model = keras.Sequential([keras.Input((6, 6, 2)), conv])

@@ -1,6 +1,7 @@
 """LipDist: validation, binding, projection guarantees, counting, configs."""
 
 import math
+import warnings
 
 import keras
 import numpy as np
@@ -72,6 +73,22 @@ def test_shared_constraint_is_refused():
     )
     with pytest.raises(ValueError, match="shared"):
         kc.bind(model)
+
+
+@pytest.mark.parametrize("tf32", [True, False])
+def test_bind_warns_where_a_gpu_may_round_through_tensorfloat32(monkeypatch, tf32):
+    """TensorFlow's TensorFloat-32 switch is process-wide (on by default),
+    so binding on a GPU with it on says how to turn it off; without it,
+    nothing is said. The GPU is simulated."""
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["GPU:0"])
+    monkeypatch.setattr(tf.config.experimental, "tensor_float_32_execution_enabled", lambda: tf32)
+    model, _ = conv_model(kc.LipDist(1.0))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        kc.bind(model)
+    said = [str(w.message) for w in caught if "TensorFloat-32" in str(w.message)]
+    assert len(said) == tf32
+    assert all("enable_tensor_float_32_execution(False)" in text for text in said)
 
 
 def test_unbound_model_fails_on_first_step_naming_bind():

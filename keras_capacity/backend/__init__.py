@@ -18,6 +18,8 @@ in one small module per backend, with the same functions:
 * the trainer and distribution specifics: `inside_compiled_step`,
   `strategy_scope_of` (the distribution scope a variable lives in),
   `float64` (a context where float64 arrays stay float64),
+  `full_precision` (a context where float32 products are not rounded
+  through TensorFloat-32, as accelerators otherwise may),
   `PROJECTS_IN_MODEL_STEP` and `install_projection_step`
   (where a constraint can read its state during ``fit``).
 
@@ -56,6 +58,7 @@ linear_adjoint = _module.linear_adjoint
 compile = _module.compile
 compile_eager = _module.compile_eager
 float64 = _module.float64
+full_precision = _module.full_precision
 inside_compiled_step = _module.inside_compiled_step
 strategy_scope_of = _module.strategy_scope_of
 PROJECTS_IN_MODEL_STEP = _module.PROJECTS_IN_MODEL_STEP

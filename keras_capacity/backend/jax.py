@@ -10,6 +10,17 @@ therefore installs a projection into the model's own train step
 projects its kernel with the whole state mapped (kernels, ``K0``, step
 counts, estimator state), and the updated arrays go on in the state. The
 optimizer's own call of the constraint leaves the kernel as it is.
+
+**Products at float32's own precision.** JAX's default precision lets an
+accelerator round a float32 matrix product or convolution through
+TensorFloat-32 (a 10-bit mantissa): on an H200 a 512x512 product came out
+2.9e-4 off in relative terms (``benchmarks/gpu_layers.py``), above the
+1e-5 by which the screens inflate their bounds and the certificate shifts
+its matrix (`keras_capacity.screen.INFLATION`,
+`keras_capacity.certificates.SHIFT`). Everything this backend compiles for
+the package (the train step's projection, eager projections and norms)
+is traced at ``float32`` precision (`full_precision`); the model's own
+layers keep the default.
 """
 
 import contextlib
@@ -105,8 +116,24 @@ def linear_adjoint(linear_map, input_shape, y, dtype):
     return pullback(y)[0]
 
 
+def full_precision():
+    """A context in which the matrix products and convolutions traced are
+    at float32's own precision (not the TensorFloat-32 or bfloat16 passes
+    that accelerators otherwise use); see the module docstring."""
+    return jax.default_matmul_precision("float32")
+
+
+def _at_full_precision(function):
+    @functools.wraps(function)
+    def traced(*args, **kwargs):
+        with full_precision():
+            return function(*args, **kwargs)
+
+    return traced
+
+
 def compile(function):  # noqa: A001
-    return jax.jit(function)
+    return jax.jit(_at_full_precision(function))
 
 
 def compile_eager(function):
@@ -116,7 +143,7 @@ def compile_eager(function):
     first 15-round projection of a 4-channel ``simple_convnet6``: 5.3 s
     compiled whole, 9.7 s eagerly; with 32 channels, the later calls take
     0.6-0.8 s, ``benchmarks/eager_projection.py``)."""
-    return jax.jit(function)
+    return jax.jit(_at_full_precision(function))
 
 
 def float64():
@@ -176,7 +203,7 @@ def install_projection_step(model, pairs):
 
     def train_step(state, data):
         logs, (trainable, non_trainable, optimizer_state, metrics) = original(state, data)
-        updated = _replicated(project)(list(trainable) + list(non_trainable))
+        updated = _replicated(_at_full_precision(project))(list(trainable) + list(non_trainable))
         count = len(trainable)
         return logs, (updated[:count], updated[count:], optimizer_state, metrics)
 

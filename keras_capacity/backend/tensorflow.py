@@ -6,6 +6,7 @@ there itself (`install_projection_step` has nothing to do).
 """
 
 import contextlib
+import warnings
 
 import tensorflow as tf
 
@@ -113,8 +114,27 @@ def float64():
     return contextlib.nullcontext()
 
 
+def full_precision():
+    """Nothing to set: TensorFlow's TensorFloat-32 switch holds for the
+    whole process when a graph runs, not per operation, so
+    `install_projection_step` warns where it is on."""
+    return contextlib.nullcontext()
+
+
 def install_projection_step(model, pairs):
-    """Nothing to do: the constraints project in the optimizer's step."""
+    """Nothing to install (the constraints project in the optimizer's
+    step); warns where a GPU may round the projections' float32 products
+    through TensorFloat-32 (on by default in TensorFlow), beyond what the
+    screens' bounds and the certificate allow for."""
+    if tf.config.list_physical_devices("GPU") and (
+        tf.config.experimental.tensor_float_32_execution_enabled()
+    ):
+        warnings.warn(
+            "TensorFloat-32 is on with a GPU: the projections' float32 products may round "
+            "at about 1e-3, beyond the 1e-5 their certified bounds allow for; call "
+            "tf.config.experimental.enable_tensor_float_32_execution(False) first.",
+            stacklevel=3,
+        )
 
 
 def strategy_scope_of(variable):

@@ -172,10 +172,16 @@ print("\n".join(commands))
 # * **`MirroredStrategy` and `DataParallel`**: not measured. Neither the
 #   cost of the replicas' all-reduce nor the speed-up over one device has
 #   a recorded number here.
-# * **GPUs**: no numbers yet. `benchmarks/gpu.py` measures the paper's
-#   ResNet on JAX at batch 256 (the reference's settings against none) and
-#   one projection, where an accelerator is lent; no session that ran it
-#   had one.
+# * **GPUs**: one NVIDIA H200, 2026-12-04 (`benchmarks/gpu.py`, the
+#   paper's ResNet at batch 256 and the reference's settings against none;
+#   `benchmarks/RESULTS.md`). On JAX, 47,300 images/s unconstrained, and
+#   0.42x of that with the orthogonal projection every 15 steps, 0.50x
+#   with the radial one: on a GPU the eigendecompositions are latency-bound
+#   (one 512x512 block: 4.9 ms, against 0.1 ms for a product), so the
+#   projections cost far more, relative to the step, than on a CPU. One
+#   64->64 projection on 32x32: 4.2 ms warm, 5.9 ms cold. PyTorch: 5,160
+#   images/s unconstrained, 0.66x and 0.78x constrained (its projections
+#   run eagerly).
 #
 # Two differences on JAX that are not costs: call `kc.bind(model)` before
 # `fit` (also after loading a model), since Keras's JAX trainer applies

@@ -116,24 +116,18 @@ def linear_adjoint(linear_map, input_shape, y, dtype):
     return pullback(y)[0]
 
 
+@contextlib.contextmanager
 def full_precision():
-    """A context in which the matrix products and convolutions traced are
-    at float32's own precision (not the TensorFloat-32 or bfloat16 passes
-    that accelerators otherwise use); see the module docstring."""
-    return jax.default_matmul_precision("float32")
-
-
-def _at_full_precision(function):
-    @functools.wraps(function)
-    def traced(*args, **kwargs):
-        with full_precision():
-            return function(*args, **kwargs)
-
-    return traced
+    """A context (also a decorator) in which the matrix products and
+    convolutions traced are at float32's own precision (not the
+    TensorFloat-32 or bfloat16 passes that accelerators otherwise use); see
+    the module docstring."""
+    with jax.default_matmul_precision("float32"):
+        yield
 
 
 def compile(function):  # noqa: A001
-    return jax.jit(_at_full_precision(function))
+    return jax.jit(full_precision()(function))
 
 
 def compile_eager(function):
@@ -143,7 +137,7 @@ def compile_eager(function):
     first 15-round projection of a 4-channel ``simple_convnet6``: 5.3 s
     compiled whole, 9.7 s eagerly; with 32 channels, the later calls take
     0.6-0.8 s, ``benchmarks/eager_projection.py``)."""
-    return jax.jit(_at_full_precision(function))
+    return jax.jit(full_precision()(function))
 
 
 def float64():
@@ -203,7 +197,7 @@ def install_projection_step(model, pairs):
 
     def train_step(state, data):
         logs, (trainable, non_trainable, optimizer_state, metrics) = original(state, data)
-        updated = _replicated(_at_full_precision(project))(list(trainable) + list(non_trainable))
+        updated = _replicated(full_precision()(project))(list(trainable) + list(non_trainable))
         count = len(trainable)
         return logs, (updated[:count], updated[count:], optimizer_state, metrics)
 

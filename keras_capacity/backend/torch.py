@@ -13,7 +13,6 @@ and `inside_compiled_step` answers whether a marked step is running.
 """
 
 import contextlib
-import functools
 import threading
 
 import numpy as np
@@ -104,11 +103,11 @@ def linear_adjoint(linear_map, input_shape, y, dtype):
 
 @contextlib.contextmanager
 def full_precision():
-    """A context in which PyTorch's float32 matrix products and cuDNN
-    convolutions are not rounded through TensorFloat-32 (a 10-bit
-    mantissa; cuDNN allows it by default), whatever the user set outside:
-    the screens' bounds and the certificate allow for float32's rounding
-    alone (`keras_capacity.screen.INFLATION`)."""
+    """A context (also a decorator) in which PyTorch's float32 matrix
+    products and cuDNN convolutions are not rounded through TensorFloat-32
+    (a 10-bit mantissa; cuDNN allows it by default), whatever the user set
+    outside: the screens' bounds and the certificate allow for float32's
+    rounding alone (`keras_capacity.screen.INFLATION`)."""
     matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
     saved = matmul.allow_tf32, cudnn.allow_tf32
     matmul.allow_tf32 = cudnn.allow_tf32 = False
@@ -122,21 +121,12 @@ def compile(function):  # noqa: A001
     """``function`` at full precision: on PyTorch the projections run
     eagerly, on PyTorch's own FFT and LAPACK kernels (``torch.compile`` is
     not used)."""
-    return _at_full_precision(function)
+    return full_precision()(function)
 
 
 def compile_eager(function):
     """``function`` at full precision: PyTorch runs it eagerly."""
-    return _at_full_precision(function)
-
-
-def _at_full_precision(function):
-    @functools.wraps(function)
-    def run(*args, **kwargs):
-        with full_precision():
-            return function(*args, **kwargs)
-
-    return run
+    return full_precision()(function)
 
 
 def float64():

@@ -154,7 +154,9 @@ def clip_singular_values(matrices, lip, real_rows=None):
 def largest_eigenvalue(*grams):
     """The largest eigenvalue over batches of Hermitian matrices (``None``
     entries skipped)."""
-    return ops.max(ops.stack([ops.max(backend.eigvalsh(g)) for g in grams if g is not None]))
+    return ops.max(
+        ops.stack([ops.max(backend.largest_eigenvalue(g)) for g in grams if g is not None])
+    )
 
 
 def largest_singular_value(matrices):

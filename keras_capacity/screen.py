@@ -269,9 +269,7 @@ class BlockScreen:
 
             def exact_norm():
                 top = [
-                    None
-                    if g is None
-                    else ops.sqrt(ops.maximum(ops.max(backend.eigvalsh(g), axis=-1), 0.0))
+                    None if g is None else ops.sqrt(ops.maximum(backend.largest_eigenvalue(g), 0.0))
                     for g in grams
                 ]
                 exact = self._refreshed(bounds, rows, top, margin=1.0)

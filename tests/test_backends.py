@@ -270,6 +270,33 @@ def test_torch_projections_turn_tensorfloat32_off_and_restore_it(monkeypatch):
     assert after == (True, True)
 
 
+@pytest.mark.parametrize("shape", [(5, 5), (1, 64, 64), (9, 64, 64), (2, 3, 16, 16), (3, 1, 1)])
+@pytest.mark.parametrize("dtype", [np.float32, np.complex64])
+def test_the_largest_eigenvalue_is_numpys(shape, dtype):
+    """Against numpy's float64 ``eigvalsh``, on Hermitian matrices with set
+    spectra whose two largest eigenvalues differ by 1e-4 relative (JAX's
+    CPU path finds it by bisection on the tridiagonal form)."""
+    from keras_capacity import backend
+
+    rng = np.random.default_rng(0)
+    *batch, n = shape[:-1]
+    x = rng.standard_normal((*batch, n, n))
+    if dtype == np.complex64:
+        x = x + 1j * rng.standard_normal((*batch, n, n))
+    q = np.linalg.qr(x)[0]
+    values = rng.uniform(0.0, 3.0, (*batch, n))
+    values[..., -1] = 4.0 * rng.uniform(0.5, 1.5, batch)
+    if n > 1:
+        values[..., -2] = values[..., -1] * (1 - 1e-4)
+    matrices = (q * values[..., None, :]) @ np.conj(np.swapaxes(q, -1, -2))
+    expected = np.linalg.eigvalsh(matrices)[..., -1]
+    found = keras.ops.convert_to_numpy(
+        backend.largest_eigenvalue(keras.ops.convert_to_tensor(matrices.astype(dtype)))
+    )
+    assert found.shape == expected.shape
+    np.testing.assert_allclose(found, expected, rtol=2e-6)
+
+
 def test_fit_without_bind_is_one_clear_error():
     conv = keras.layers.Conv2D(4, 3, padding="same", kernel_constraint=kc.LipDist(0.5))
     model = keras.Sequential([keras.Input((6, 6, 2)), conv])

@@ -8,7 +8,8 @@ in one small module per backend, with the same functions:
   turns complex128 into complex64), the 2-D FFTs (`fft2`,
   `ifft2`, `rfft2`, `irfft2`) over the last two axes;
 * batched Hermitian (complex) eigendecompositions: `eigh`,
-  `eigvalsh`;
+  `eigvalsh`, `largest_eigenvalue` (where a backend finds the largest
+  alone faster);
 * `stateless_normal`, random numbers from a seed tensor (replicas agree);
 * `assert_finite`, a run-time check that ends training with a message;
   `eager_value`, a variable's value while a compiled step is traced;
@@ -51,6 +52,7 @@ rfft2 = _module.rfft2
 irfft2 = _module.irfft2
 eigh = _module.eigh
 eigvalsh = _module.eigvalsh
+largest_eigenvalue = _module.largest_eigenvalue
 stateless_normal = _module.stateless_normal
 assert_finite = _module.assert_finite
 eager_value = _module.eager_value

@@ -63,6 +63,12 @@ def eigvalsh(matrices):
     return tf.math.real(tf.linalg.eigvalsh(matrices))
 
 
+def largest_eigenvalue(matrices):
+    """The largest eigenvalue (real dtype) of each Hermitian matrix of the
+    batch: TensorFlow's ``eigvalsh`` computes no eigenvectors."""
+    return tf.reduce_max(eigvalsh(matrices), axis=-1)
+
+
 def stateless_normal(shape, seed, dtype):
     """Standard normal numbers determined by the integer tensor ``seed``
     (two values): the same on every replica and every call."""

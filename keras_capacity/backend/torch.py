@@ -70,6 +70,11 @@ def eigvalsh(matrices):
     return torch.linalg.eigvalsh(matrices)
 
 
+def largest_eigenvalue(matrices):
+    """The largest eigenvalue of each Hermitian matrix of the batch."""
+    return torch.linalg.eigvalsh(matrices)[..., -1]
+
+
 def stateless_normal(shape, seed, dtype):
     """Standard normal numbers determined by the integer tensor ``seed``
     (its first value): the same on every call with that seed."""

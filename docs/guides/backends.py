@@ -159,13 +159,14 @@ print("\n".join(commands))
 #   step 1.096x (`constraint_overhead.py`, 2026-11-28). A later rerun on a
 #   loaded machine could not resolve these ratios to better than about 10%.
 # * **JAX against TensorFlow on a CPU**: one orthogonal projection of a
-#   64->64 3x3 circular convolution on 32x32 took 9.0-11.7 ms on
-#   TensorFlow and 21-23 ms on JAX's CPU backend when few blocks exceed the
-#   bound (warm), 163-166 ms against 485-774 ms when every block is
-#   decomposed (cold); 2 AMD EPYC cores, JAX 0.10, 2026-12-04
-#   (`projection_backends.py`). On JAX's CPU backend the
-#   eigendecompositions run one matrix at a time, because its batched
-#   LAPACK kernels deadlocked on 2 cores. The demo's run trained at about
+#   64->64 3x3 circular convolution on 32x32 took 9.6-12.7 ms on
+#   TensorFlow and 16-20 ms on JAX's CPU backend when few blocks exceed the
+#   bound (warm, 1.56x), 141-185 ms against 349-386 ms when every block is
+#   decomposed (cold, 2.47x); 2 AMD EPYC cores, JAX 0.10, 2026-12-04
+#   (`projection_backends.py`). What is left of the gap is JAX's `eigh`,
+#   which uses one core where TensorFlow's uses both; the exact norms take
+#   each block's largest eigenvalue by bisection on JAX's CPU, 2-4x faster
+#   than its `eigvalsh`. The demo's run trained at about
 #   1,900 images/s on JAX against 4,200 on TensorFlow on 2 CPU cores, the
 #   same day ([Install and backends](../../install/)): on a CPU, train on
 #   TensorFlow.

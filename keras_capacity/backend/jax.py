@@ -107,12 +107,15 @@ def largest_eigenvalue(matrices):
     if jax.default_backend() != "cpu":
         return jnp.max(eigvalsh(matrices), axis=-1)
     if matrices.ndim == 2:
-        return _largest_by_bisection(matrices)
+        return largest_by_bisection(matrices)
     flat = matrices.reshape((-1, *matrices.shape[-2:]))
-    return _one_at_a_time(_largest_by_bisection, flat).reshape(matrices.shape[:-2])
+    return _one_at_a_time(largest_by_bisection, flat).reshape(matrices.shape[:-2])
 
 
-def _largest_by_bisection(matrix):
+def largest_by_bisection(matrix):
+    """The largest eigenvalue of one Hermitian matrix, from its tridiagonal
+    form by bisection (`largest_eigenvalue`'s CPU path; also timed on
+    accelerators by ``benchmarks/gpu_layers.py``)."""
     _, diagonal, off_diagonal, _ = jax.lax.linalg.tridiagonal(matrix)
     last = matrix.shape[-1] - 1
     return eigh_tridiagonal(

@@ -17,10 +17,10 @@ TensorFloat-32 (a 10-bit mantissa): on an H200 a 512x512 product came out
 2.9e-4 off in relative terms (``benchmarks/gpu_layers.py``), above the
 1e-5 by which the screens inflate their bounds and the certificate shifts
 its matrix (`keras_capacity.screen.INFLATION`,
-`keras_capacity.certificates.SHIFT`). Everything this backend compiles for
-the package (the train step's projection, eager projections and norms)
-is traced at ``float32`` precision (`full_precision`); the model's own
-layers keep the default.
+`keras_capacity.certificates.SHIFT`). The constraint traces its
+projections inside `full_precision` (on every backend), and this backend's
+`compile` and `compile_eager` trace the package's other compiled work
+(norms) the same way; the model's own layers keep the default.
 """
 
 import contextlib
@@ -230,7 +230,7 @@ def install_projection_step(model, pairs):
 
     def train_step(state, data):
         logs, (trainable, non_trainable, optimizer_state, metrics) = original(state, data)
-        updated = _replicated(full_precision()(project))(list(trainable) + list(non_trainable))
+        updated = _replicated(project)(list(trainable) + list(non_trainable))
         count = len(trainable)
         return logs, (updated[:count], updated[count:], optimizer_state, metrics)
 
